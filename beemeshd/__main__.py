@@ -1,0 +1,5 @@
+import sys
+
+from beemeshd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Method handlers of io.beemesh.Mesh: thin, one per method, named exactly as in the interface.
+
+A handler takes the call (beemeshd.api.server.Call) and the call's parameters as keywords, and
+returns the reply parameters (dict) or, for `more` streams, an async iterator of replies whose
+last one is wrapped in `Final`. Domain errors (beemeshd.errors) are raised as they are; the server
+turns them into Varlink errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+from beemeshd import errors
+from beemeshd.api import errors as verr
+from beemeshd.api.server import Call, Final
+
+
+async def stream_list(call: Call, item_key: str, list_key: str, items: Iterable[dict]):
+    """Reply with a list: one reply per item under `more`, else one reply with all of them."""
+    items = list(items)
+    if not call.more:
+        return {list_key: items}
+
+    async def gen() -> AsyncIterator:
+        for i, item in enumerate(items):
+            yield Final({item_key: item}) if i == len(items) - 1 else {item_key: item}
+        if not items:
+            yield Final({})
+
+    return gen()
+
+
+class MeshHandlers:
+    def __init__(self, node):
+        # node: beemeshd.daemon.Node — the daemon's state and services.
+        self.node = node
+
+    async def GetInfo(self, call: Call) -> dict:
+        return {"info": self.node.info()}
+
+    async def ListPeers(self, call: Call):
+        return await stream_list(call, "peer", "peers", self.node.peers())
+
+    async def Watch(self, call: Call, namespace=None, name=None, peers=None):
+        if not call.more:
+            raise verr.expected_more()
+        if name is not None and namespace is None:
+            namespace = "default"
+        return self.node.events.subscribe(namespace=namespace, name=name, peers=peers is not False)
+
+    async def Deploy(self, call: Call, manifest=None, yaml=None, namespace=None, wait=None,
+                     timeoutSeconds=None, dryRun=None) -> dict:
+        raise errors.NotImplementedYet("Deploy", "the Podman runtime has not landed yet (issue 4)")
+
+    async def Get(self, call: Call, name, namespace=None, kind=None) -> dict:
+        raise errors.NotImplementedYet("Get", "the Podman runtime has not landed yet (issue 4)")
+
+    async def List(self, call: Call, namespace=None, kind=None):
+        raise errors.NotImplementedYet("List", "the Podman runtime has not landed yet (issue 4)")
+
+    async def Delete(self, call: Call, name, namespace=None, kind=None, wait=None, timeoutSeconds=None):
+        raise errors.NotImplementedYet("Delete", "the Podman runtime has not landed yet (issue 4)")
+
+    async def Scale(self, call: Call, name, replicas, namespace=None, wait=None, timeoutSeconds=None):
+        raise errors.NotImplementedYet("Scale", "the Podman runtime has not landed yet (issue 4)")
+
+    async def Logs(self, call: Call, name, namespace=None, replica=None, container=None, tail=None,
+                   follow=None):
+        raise errors.NotImplementedYet("Logs", "the Podman runtime has not landed yet (issue 4)")
+
+    async def Explain(self, call: Call, name, namespace=None) -> dict:
+        raise errors.NotImplementedYet("Explain", "placement by bids lands with the mesh (issue 6)")

@@ -1,0 +1,70 @@
+"""Daemon configuration: one frozen dataclass, from defaults < config file < environment < flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def runtime_dir() -> Path:
+    value = os.environ.get("XDG_RUNTIME_DIR")
+    if not value:
+        raise SystemExit("beemeshd: XDG_RUNTIME_DIR is not set (start it from a user session or systemd --user)")
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class Config:
+    # Varlink socket (ignored when systemd passes one).
+    socket_path: Path
+    # Desired state, peer identity.
+    state_dir: Path
+    # Config file, node-local policies.
+    config_dir: Path
+    # Where the socket is linked so local tools can enumerate Varlink services.
+    registry_dir: Path
+    log_level: str = "info"
+    # Varlink: largest message accepted, most open connections, seconds calls get at shutdown.
+    max_message_bytes: int = 4 << 20
+    max_connections: int = 512
+    shutdown_grace_seconds: float = 5.0
+    # Most pods this peer runs (as Kubernetes' default).
+    max_pods: int = 110
+
+    @classmethod
+    def default(cls) -> "Config":
+        run = runtime_dir()
+        return cls(
+            socket_path=run / "beemesh" / "io.beemesh.Mesh",
+            state_dir=_xdg("XDG_STATE_HOME", ".local/state") / "beemesh",
+            config_dir=_xdg("XDG_CONFIG_HOME", ".config") / "beemesh",
+            registry_dir=run / "varlink" / "registry",
+        )
+
+    def with_file(self, path: Path) -> "Config":
+        """Apply a TOML file whose keys are this class's field names (unknown keys are errors)."""
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        return self.with_values(data, source=str(path))
+
+    def with_values(self, data: dict, source: str = "settings") -> "Config":
+        known = {f.name: f for f in fields(self)}
+        changes = {}
+        for key, value in data.items():
+            if value is None:
+                continue
+            if key not in known:
+                raise SystemExit(f"beemeshd: {source}: unknown setting {key!r}")
+            current = getattr(self, key)
+            try:
+                changes[key] = type(current)(value)
+            except (TypeError, ValueError):
+                raise SystemExit(f"beemeshd: {source}: bad value for {key}: {value!r}") from None
+        return replace(self, **changes)

@@ -1,0 +1,210 @@
+"""The daemon: owns the one trio nursery and wires the adapters (Varlink, systemd, runtime, mesh)
+to the core. Everything long-running is a task in that nursery; SIGTERM/SIGINT end them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from beemeshd import __version__, hostinfo, identity, systemd
+from beemeshd.api.handlers import MeshHandlers
+from beemeshd.api.idl import INTERFACE_NAME, Interface
+from beemeshd.api.server import VarlinkServer
+from beemeshd.config import Config
+from beemeshd.events import EventBus, now_usec
+
+log = logging.getLogger("beemeshd")
+
+
+@dataclass
+class Counters:
+    forgedMessages: int = 0
+    staleMessages: int = 0
+    replayedMessages: int = 0
+    malformedMessages: int = 0
+    refusedPeers: int = 0
+    badConnections: int = 0
+
+
+@dataclass
+class Node:
+    """What this peer knows and owns; handlers read it, tasks update it."""
+
+    config: Config
+    identity: identity.Identity
+    address: str
+    socket_activated: bool
+    started: float = field(default_factory=time.monotonic)
+    counters: Counters = field(default_factory=Counters)
+    events: EventBus = field(default_factory=EventBus)
+
+    def runtime_info(self) -> dict:
+        return {
+            "name": "podman",
+            "endpoint": "",
+            "available": False,
+            "startedByBeemesh": False,
+            "network": "slirp4netns",
+            "networksAvailable": [],
+            "lastError": "the Podman runtime adapter has not landed yet",
+        }
+
+    def capacity(self) -> dict:
+        total, available = hostinfo.memory_bytes()
+        cpu = hostinfo.cpu_millis()
+        return {
+            "cpuMillis": cpu,
+            "cpuFreeMillis": cpu,
+            "memoryBytes": total,
+            "memoryFreeBytes": available,
+            "pods": self.config.max_pods,
+            "podsFree": self.config.max_pods,
+        }
+
+    def info(self) -> dict:
+        return {
+            "version": __version__,
+            "peerId": self.identity.peer_id,
+            "uptimeSeconds": time.monotonic() - self.started,
+            "user": pwd.getpwuid(os.getuid()).pw_name,
+            "address": self.address,
+            "socketActivated": self.socket_activated,
+            "stateDirectory": str(self.config.state_dir),
+            "runtime": self.runtime_info(),
+            "meshAddresses": [],
+            "peersAlive": 0,
+            "peersSuspect": 0,
+            "peersDead": 0,
+            "workloads": 0,
+            "localReplicas": 0,
+            "counters": vars(self.counters).copy(),
+        }
+
+    def peers(self) -> list[dict]:
+        """The mesh view; until the mesh lands (issue 5) it holds this peer only."""
+        return [
+            {
+                "peerId": self.identity.peer_id,
+                "state": "self",
+                "addresses": [],
+                "uptimeSeconds": time.monotonic() - self.started,
+                "capacity": self.capacity(),
+                "lastSeenUSec": now_usec(),
+                "version": __version__,
+                "runtime": "podman",
+                "network": "slirp4netns",
+                "labels": {},
+            }
+        ]
+
+
+def bind_socket(path) -> socket.socket:
+    """Bind the Varlink socket ourselves: directory 0700, socket 0600, stale file replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    # Refuse to steal the socket of a daemon that is still running.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    else:
+        raise SystemExit(f"beemeshd: another beemeshd is serving {path}")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket file is created 0600, never briefly wider
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
+def link_registry(config: Config, target: str) -> str | None:
+    """$XDG_RUNTIME_DIR/varlink/registry/io.beemesh.Mesh -> our socket (newer systemd lists it)."""
+    link = config.registry_dir / INTERFACE_NAME
+    try:
+        config.registry_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+        os.symlink(target, link)
+        return str(link)
+    except OSError as exc:
+        log.warning("could not link %s: %s", link, exc)
+        return None
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+
+    async def run(self) -> None:
+        config = self.config
+        activated = systemd.listen_fds("varlink")
+        if activated:
+            sock = activated[0]
+            path = sock.getsockname()
+            for extra in activated[1:]:
+                extra.close()
+        else:
+            sock = bind_socket(config.socket_path)
+            path = str(config.socket_path)
+        node = Node(
+            config=config,
+            identity=identity.load_or_create(config.state_dir),
+            address=f"unix:{path}",
+            socket_activated=bool(activated),
+        )
+        link = link_registry(config, path) if isinstance(path, str) and path else None
+        server = VarlinkServer(
+            Interface.load(),
+            MeshHandlers(node),
+            version=__version__,
+            max_message=config.max_message_bytes,
+            max_connections=config.max_connections,
+            grace=config.shutdown_grace_seconds,
+            on_bad_connection=lambda: setattr(node.counters, "badConnections", node.counters.badConnections + 1),
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run, sock)
+                nursery.start_soon(self._stop_on_signal, server, nursery.cancel_scope)
+                log.info("beemeshd %s serving %s as peer %s", __version__, node.address, node.identity.peer_id)
+                systemd.notify(f"READY=1\nSTATUS=serving {INTERFACE_NAME}")
+                await self._wait_for(server)
+                nursery.cancel_scope.cancel()
+        finally:
+            if link:
+                with contextlib.suppress(OSError):
+                    if os.readlink(link) == path:
+                        os.unlink(link)
+            if not activated:
+                with contextlib.suppress(OSError):
+                    os.unlink(config.socket_path)
+        log.info("beemeshd stopped")
+
+    @staticmethod
+    async def _wait_for(server: VarlinkServer) -> None:
+        await server.stopped.wait()
+
+    @staticmethod
+    async def _stop_on_signal(server: VarlinkServer, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                systemd.notify("STOPPING=1\nSTATUS=stopping")
+                server.shutdown()
+                break
