@@ -125,8 +125,9 @@ class Workload:
     pod_management_policy: str = ""  # "OrderedReady" | "Parallel" for a StatefulSet, else ""
     service_ports: tuple[ServicePort, ...] = ()
     # The object as submitted, for storage and display. A dict cannot be hashed and two
-    # spellings of the same object should still compare equal, hence excluded.
-    manifest: dict = field(default_factory=dict, compare=False, hash=False)
+    # spellings of the same object should still compare equal, hence excluded (and kept out
+    # of repr, which would otherwise flood logs).
+    manifest: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     service_type: str = ""  # "ClusterIP" | "NodePort" for a Service, else ""
 
     @property

@@ -215,19 +215,11 @@ class VarlinkServer:
         try:
             with conn.scope:
                 async with stream:
-                    while not self._closing:
-                        with trio.CancelScope() as idle:
-                            conn.idle_scope = idle
-                            msg = await reader.next_message()
-                        conn.idle_scope = None
-                        if idle.cancelled_caught or msg is None:
-                            break
-                        await self._handle(msg, stream, reader, conn)
-                        if reader.eof and not reader.buf:
-                            break
-        except ProtocolViolation as exc:
-            log.warning("closing Varlink connection: %s", exc)
-            self.on_bad_connection()
+                    try:
+                        await self._serve_messages(stream, reader, conn)
+                    except ProtocolViolation as exc:  # counted before the client sees the close
+                        log.warning("closing Varlink connection: %s", exc)
+                        self.on_bad_connection()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass  # the client went away; nothing to tell it
         except Exception:  # a bug must not take the server down with it
@@ -236,6 +228,18 @@ class VarlinkServer:
             self._conns.discard(conn)
             if self._closing and not self._conns:
                 self._all_closed.set()
+
+    async def _serve_messages(self, stream: trio.abc.Stream, reader: _Reader, conn: _Conn) -> None:
+        while not self._closing:
+            with trio.CancelScope() as idle:
+                conn.idle_scope = idle
+                msg = await reader.next_message()
+            conn.idle_scope = None
+            if idle.cancelled_caught or msg is None:
+                return
+            await self._handle(msg, stream, reader, conn)
+            if reader.eof and not reader.buf:
+                return
 
     # -- one message -------------------------------------------------------------------------
     async def _handle(self, msg: bytes, stream: trio.abc.Stream, reader: _Reader, conn: _Conn) -> None:

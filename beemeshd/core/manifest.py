@@ -42,7 +42,8 @@ def _container_port(p: dict, path: str) -> Port:
         try:
             ipaddress.ip_address(host_ip)
         except ValueError:
-            raise InvalidManifest(join(path, "hostIP"), f"expected an IP address, found {host_ip!r}") from None
+            raise InvalidManifest(join(path, "hostIP"),
+                                  f"expected an IP address, found {host_ip!r}") from None
     return Port(container_port=port_number(required(p, "containerPort", path), join(path, "containerPort")),
                 host_port=None if host_port is None else port_number(host_port, join(path, "hostPort")),
                 protocol=protocol_field(p, path), name=name, host_ip=host_ip)
@@ -141,7 +142,8 @@ def _container(c: dict, path: str, volume_names: set) -> Container:
         vol, target = required(m, "name", mpath), required(m, "mountPath", mpath)
         if vol not in volume_names:
             declared = ", ".join(sorted(volume_names)) or "none"
-            raise InvalidManifest(join(mpath, "name"), f"no volume named {vol!r} in the pod's volumes (declared: {declared})")
+            raise InvalidManifest(join(mpath, "name"),
+                                  f"no volume named {vol!r} in the pod's volumes (declared: {declared})")
         if not target.startswith("/"):
             raise InvalidManifest(join(mpath, "mountPath"), f"must be an absolute path, found {target!r}")
         if target in seen_paths:
@@ -155,7 +157,7 @@ def _container(c: dict, path: str, volume_names: set) -> Container:
         liveness_probe=_probe(get(c, "livenessProbe"), join(path, "livenessProbe"), named, True),
         volume_mounts=tuple(mounts), working_dir=get(c, "workingDir") or None,
         image_pull_policy=enum_field(c, "imagePullPolicy", path, ("Always", "IfNotPresent", "Never"),
-                                _default_pull_policy(image)))
+                                     _default_pull_policy(image)))
 
 
 def _volume(v: dict, path: str) -> Volume:
@@ -164,9 +166,9 @@ def _volume(v: dict, path: str) -> Volume:
     if empty_dir is None:
         raise InvalidManifest(join(path, "emptyDir"), "required: BeeMesh supports emptyDir volumes only")
     dpath = join(path, "emptyDir")
+    size = quantity_field(quantity.memory_bytes, get(empty_dir, "sizeLimit"), join(dpath, "sizeLimit"))
     return Volume(name=name, kind="emptyDir", medium=enum_field(empty_dir, "medium", dpath, ("", "Memory"), ""),
-                  size_limit_bytes=quantity_field(quantity.memory_bytes, get(empty_dir, "sizeLimit"),
-                                             join(dpath, "sizeLimit")))
+                  size_limit_bytes=size)
 
 
 def _pod_template(spec: dict | None, path: str, labels: Pairs, annotations: Pairs) -> PodTemplate:
@@ -189,14 +191,16 @@ def _pod_template(spec: dict | None, path: str, labels: Pairs, annotations: Pair
                 continue
             key = (port.host_port, port.protocol)
             if key in host_ports:
-                raise InvalidManifest(f"{cpath}.ports[{j}].hostPort", f"duplicate hostPort "
-                                      f"{port.host_port}/{port.protocol} (also used by container {host_ports[key]!r})")
+                raise InvalidManifest(f"{cpath}.ports[{j}].hostPort",
+                                      f"duplicate hostPort {port.host_port}/{port.protocol} "
+                                      f"(also used by container {host_ports[key]!r})")
             host_ports[key] = container.name
         containers.append(container)
     return PodTemplate(
         labels=labels, annotations=annotations, containers=tuple(containers),
         restart_policy=enum_field(spec, "restartPolicy", path, ("Always", "OnFailure", "Never"), "Always"),
-        volumes=tuple(volumes), node_selector=label_pairs(get(spec, "nodeSelector"), join(path, "nodeSelector")),
+        volumes=tuple(volumes),
+        node_selector=label_pairs(get(spec, "nodeSelector"), join(path, "nodeSelector")),
         termination_grace_period_seconds=int_field(spec, "terminationGracePeriodSeconds", path, 30))
 
 
@@ -206,7 +210,8 @@ def _pod_template(spec: dict | None, path: str, labels: Pairs, annotations: Pair
 def _selector(spec: dict, template_labels: Pairs) -> Pairs:
     match = get(required(spec, "selector", "spec"), "matchLabels")
     if not match:
-        raise InvalidManifest("spec.selector.matchLabels", "required: an empty selector would match every pod")
+        raise InvalidManifest("spec.selector.matchLabels",
+                              "required: an empty selector would match every pod")
     selector = label_pairs(match, "spec.selector.matchLabels")
     if not set(selector) <= set(template_labels):  # the Kubernetes rule, with its message
         raise InvalidManifest("spec.template.metadata.labels", "`selector` does not match template `labels`")
@@ -238,7 +243,8 @@ def _deployment_extras(spec: dict) -> None:
         surge = _int_or_percent(rolling, "maxSurge", path, "25%")
         unavailable = _int_or_percent(rolling, "maxUnavailable", path, "25%")
         if isinstance(unavailable, str) and int(unavailable[:-1]) > 100:
-            raise InvalidManifest(join(path, "maxUnavailable"), f"must not be greater than 100%, found {unavailable!r}")
+            raise InvalidManifest(join(path, "maxUnavailable"),
+                                  f"must not be greater than 100%, found {unavailable!r}")
         if surge in (0, "0%") and unavailable in (0, "0%"):
             raise InvalidManifest(join(path, "maxUnavailable"), "may not be 0 when maxSurge is 0")
     min_ready = int_field(spec, "minReadySeconds", "spec", 0)
@@ -252,7 +258,8 @@ def _statefulset_extras(spec: dict) -> str:
     service = get(spec, "serviceName")
     if service:
         check_name(service, "spec.serviceName", k8s_names.dns1035_label)
-    rolling = _rolling_update(get(spec, "updateStrategy"), "spec.updateStrategy", ("RollingUpdate", "OnDelete"))
+    rolling = _rolling_update(get(spec, "updateStrategy"), "spec.updateStrategy",
+                              ("RollingUpdate", "OnDelete"))
     if rolling is not None:
         int_field(rolling, "partition", "spec.updateStrategy.rollingUpdate", 0)
     return enum_field(spec, "podManagementPolicy", "spec", ("OrderedReady", "Parallel"), "OrderedReady")
@@ -277,9 +284,11 @@ def _service_ports(spec: dict, service_type: str) -> tuple[ServicePort, ...]:
         node_port = get(p, "nodePort")
         if node_port is not None:
             if service_type != "NodePort":
-                raise InvalidManifest(join(path, "nodePort"), f"may only be set when spec.type is 'NodePort', found {service_type!r}")
+                raise InvalidManifest(join(path, "nodePort"),
+                                      f"may only be set when spec.type is 'NodePort', found {service_type!r}")
             port_number(node_port, join(path, "nodePort"))
-        port = ServicePort(name=name, port=number, target_port=target, protocol=protocol_field(p, path), node_port=node_port)
+        port = ServicePort(name=name, port=number, target_port=target, protocol=protocol_field(p, path),
+                           node_port=node_port)
         for other in ports:
             if name is not None and other.name == name:
                 raise InvalidManifest(join(path, "name"), f"duplicate port name {name!r}")
@@ -315,14 +324,19 @@ _KINDS = {  # kind -> (apiVersion, spec schema, name check)
 
 def _build(obj: Any) -> Workload:
     if not isinstance(obj, dict):
-        raise InvalidManifest("", f"expected a Kubernetes object (a mapping with apiVersion and kind), found {describe(obj)}")
-    kind = obj.get("kind")
-    if not isinstance(kind, str) or kind not in _KINDS:
-        found = "nothing" if kind is None else describe(kind)
-        raise InvalidManifest("kind", f"expected one of {', '.join(_KINDS)}, found {found}")
+        raise InvalidManifest("", "expected a Kubernetes object (a mapping with apiVersion and kind), "
+                              f"found {describe(obj)}")
+    kind, supported = obj.get("kind"), f"(BeeMesh supports: {', '.join(_KINDS)})"
+    if kind is None:
+        raise InvalidManifest("kind", f"required {supported}")
+    if kind == "List":
+        raise InvalidManifest("kind", "a List is only accepted as a whole input, not nested")
+    if kind not in _KINDS:
+        raise InvalidManifest("kind", f"unsupported kind: found {describe(kind)} {supported}")
     api_version, spec_schema, name_check = _KINDS[kind]
     if obj.get("apiVersion") != api_version:
-        raise InvalidManifest("apiVersion", f"{kind} needs apiVersion {api_version!r}, found {describe(obj.get('apiVersion'))}")
+        raise InvalidManifest("apiVersion", f"{kind} needs apiVersion {api_version!r}, "
+                              f"found {describe(obj.get('apiVersion'))}")
     walk(obj, top_level(spec_schema), "")
 
     meta, spec = get(obj, "metadata", {}), get(obj, "spec", {})
@@ -342,7 +356,8 @@ def _build(obj: Any) -> Workload:
     template = required(spec, "template", "spec")
     tmeta = get(template, "metadata", {})
     tlabels = label_pairs(get(tmeta, "labels"), "spec.template.metadata.labels")
-    tannotations = label_pairs(get(tmeta, "annotations"), "spec.template.metadata.annotations", values=False)
+    tannotations = label_pairs(get(tmeta, "annotations"), "spec.template.metadata.annotations",
+                               values=False)
     pod = _pod_template(get(template, "spec"), "spec.template.spec", tlabels, tannotations)
     if pod.restart_policy != "Always":  # Kubernetes rule: a controller restarts its pods itself
         raise InvalidManifest("spec.template.spec.restartPolicy",
@@ -351,8 +366,9 @@ def _build(obj: Any) -> Workload:
     policy = _statefulset_extras(spec) if kind == "StatefulSet" else ""
     if kind == "Deployment":
         _deployment_extras(spec)
-    return Workload(**common, replicas=int_field(spec, "replicas", "spec", 1, hi=MAX_REPLICAS), template=pod,
-                    selector=selector, pod_management_policy=policy)
+    replicas = int_field(spec, "replicas", "spec", 1, hi=MAX_REPLICAS)
+    return Workload(**common, replicas=replicas, template=pod, selector=selector,
+                    pod_management_policy=policy)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -370,6 +386,7 @@ def parse_manifest(obj: dict, document: int | None = None) -> Workload:
     try:
         if isinstance(obj, dict):
             check_plain(obj, MAX_VALUES)
+            obj = copy.deepcopy(obj)  # the caller's dict must not change under our frozen result
         return _build(obj)
     except InvalidManifest as e:
         raise _at(e, document) from None
@@ -403,7 +420,8 @@ def _expand_lists(docs: list) -> list:
             try:
                 walk(doc, LIST, "")
                 if doc.get("apiVersion", "v1") != "v1":
-                    raise InvalidManifest("apiVersion", f"List needs apiVersion 'v1', found {describe(doc['apiVersion'])}")
+                    raise InvalidManifest("apiVersion",
+                                          f"List needs apiVersion 'v1', found {describe(doc['apiVersion'])}")
             except InvalidManifest as e:
                 raise InvalidManifest(e.field, e.reason, len(objects) if len(docs) > 1 else None) from None
             objects.extend(get(doc, "items", []))

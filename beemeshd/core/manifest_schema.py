@@ -107,14 +107,13 @@ def walk(value: Any, spec: Any, path: str) -> None:
 SERVER_META = frozenset({"uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"})
 _NO_GENERATE = {"generateName": "BeeMesh needs a fixed metadata.name"}
 METADATA = Obj({"name": STR, "namespace": STR, "labels": STR_MAP, "annotations": STR_MAP},
-                SERVER_META, _NO_GENERATE)
+               SERVER_META, _NO_GENERATE)
 TEMPLATE_METADATA = Obj({"labels": STR_MAP, "annotations": STR_MAP}, SERVER_META)
-_PORT_REF = Obj({"port": INT_OR_STR}, hints={"host": "probes always target the pod itself"})
+_NO_HOST = {"host": "probes always target the pod itself"}
 PROBE = Obj({
     "exec": Obj({"command": ListOf(STR)}),
-    "httpGet": Obj({"path": STR, "port": INT_OR_STR, "scheme": STR},
-                    hints={"host": "probes always target the pod itself"}),
-    "tcpSocket": _PORT_REF,
+    "httpGet": Obj({"path": STR, "port": INT_OR_STR, "scheme": STR}, hints=_NO_HOST),
+    "tcpSocket": Obj({"port": INT_OR_STR}, hints=_NO_HOST),
     "initialDelaySeconds": INT, "periodSeconds": INT, "timeoutSeconds": INT,
     "successThreshold": INT, "failureThreshold": INT,
 })
@@ -124,7 +123,7 @@ CONTAINER = Obj({
     "env": ListOf(Obj({"name": STR, "value": STR},
                       hints={"valueFrom": "BeeMesh has no Secrets or ConfigMaps yet; use value"})),
     "ports": ListOf(Obj({"name": STR, "containerPort": INT, "hostPort": INT, "protocol": STR,
-                         "hostIP": STR})),
+                        "hostIP": STR})),
     "resources": Obj({"requests": _CPU_MEM, "limits": _CPU_MEM}),
     "readinessProbe": PROBE, "livenessProbe": PROBE,
     "volumeMounts": ListOf(Obj({"name": STR, "mountPath": STR, "readOnly": BOOL})),
@@ -143,7 +142,7 @@ SELECTOR = Obj({"matchLabels": STR_MAP}, hints={"matchExpressions": "use matchLa
 DEPLOYMENT_SPEC = Obj({
     "replicas": INT, "selector": SELECTOR, "template": TEMPLATE,
     "strategy": Obj({"type": STR, "rollingUpdate": Obj({"maxSurge": INT_OR_STR,
-                                                         "maxUnavailable": INT_OR_STR})}),
+                                                        "maxUnavailable": INT_OR_STR})}),
     "minReadySeconds": INT, "revisionHistoryLimit": INT, "progressDeadlineSeconds": INT,
 })
 STATEFULSET_SPEC = Obj({
@@ -154,14 +153,14 @@ STATEFULSET_SPEC = Obj({
 SERVICE_SPEC = Obj({
     "type": STR, "selector": STR_MAP,
     "ports": ListOf(Obj({"name": STR, "port": INT, "targetPort": INT_OR_STR, "protocol": STR,
-                         "nodePort": INT})),
+                        "nodePort": INT})),
 })
 LIST = Obj({"apiVersion": STR, "kind": STR, "items": ListOf(ANY), "metadata": Obj({}, SERVER_META)})
 
 
 def top_level(spec_schema: Obj) -> Obj:
     return Obj({"apiVersion": STR, "kind": STR, "metadata": METADATA, "spec": spec_schema,
-                 "status": EMPTY})
+                "status": EMPTY})
 
 
 # ------------------------------------------------------------------------- value helpers
@@ -247,7 +246,8 @@ def check_plain(root: Any, budget: int) -> int:
         value, path = stack.pop()
         budget -= 1
         if budget < 0:
-            raise InvalidManifest("", f"input holds more than {MAX_VALUES} values (too large, or YAML aliases that expand)")
+            raise InvalidManifest("", f"input holds more than {MAX_VALUES} values "
+                                  "(too large, or YAML aliases that expand)")
         if isinstance(value, dict):
             for key, sub in value.items():
                 if not isinstance(key, str):
@@ -256,5 +256,6 @@ def check_plain(root: Any, budget: int) -> int:
         elif isinstance(value, list):
             stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(value))
         elif not (value is None or isinstance(value, (str, int, float))):
-            raise InvalidManifest(path, f"a YAML {type(value).__name__} is not valid here (quote it to make it a string)")
+            raise InvalidManifest(path, f"a YAML {type(value).__name__} is not valid here "
+                                  "(quote it to make it a string)")
     return budget

@@ -1,0 +1,108 @@
+"""Start real beemeshd processes as the test user and talk to them with the real varlinkctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import VARLINKCTL, VENV, User
+
+
+@dataclass
+class Reply:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+    @property
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+
+    @property
+    def error(self) -> str | None:
+        """The Varlink error name varlinkctl printed on stderr, if the call failed."""
+        if self.rc == 0:
+            return None
+        return self.err.strip().rsplit(" ", 1)[-1]
+
+
+def varlinkctl(*args: str, timeout: float = 30, input: str | None = None) -> Reply:
+    p = subprocess.run([str(VARLINKCTL), *args], capture_output=True, text=True, timeout=timeout, input=input)
+    return Reply(p.returncode, p.stdout, p.stderr)
+
+
+@dataclass
+class Daemon:
+    user: User
+    home: Path  # per-daemon directory owned by the user
+    extra_config: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / "run" / "io.beemesh.Mesh"
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    def config_text(self) -> str:
+        cfg = {
+            "socket_path": str(self.socket_path),
+            "state_dir": str(self.home / "state"),
+            "config_dir": str(self.home / "config"),
+            "registry_dir": str(self.home / "registry"),
+            "log_level": "debug",
+        }
+        cfg.update(self.extra_config)
+        return "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items())
+
+    def start(self, timeout: float = 20) -> "Daemon":
+        conf = self.home / "beemeshd.toml"
+        conf.write_text(self.config_text())
+        os.chown(conf, self.user.uid, self.user.gid)
+        self.log = open(self.home / "beemeshd.log", "ab")
+        self.proc = self.user.popen([str(VENV / "bin" / "beemeshd"), "--config", str(conf)],
+                                    stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"beemeshd exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(self.socket_path))
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"beemeshd did not listen within {timeout} s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return (self.home / "beemeshd.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def call(self, method: str, params: dict | None = None, *flags: str, timeout: float = 30) -> Reply:
+        return varlinkctl("call", *flags, self.address, f"io.beemesh.Mesh.{method}",
+                          json.dumps(params or {}), timeout=timeout)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
