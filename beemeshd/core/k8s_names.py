@@ -16,6 +16,7 @@ _QUALIFIED = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")  # label na
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 
 _LABEL_CHARS = "lower-case letters, digits and '-', starting and ending with a letter or digit"
+_QUALIFIED_CHARS = "letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
 
 
 def _too_long(value: str, limit: int) -> str | None:
@@ -47,7 +48,8 @@ def dns1035_label(value: str) -> str | None:
     if not value:
         return "must not be empty"
     if _DNS1035.fullmatch(value) is None:
-        return "must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit"
+        return ("must be a DNS-1035 label: lower-case letters, digits and '-', "
+                "starting with a letter and ending with a letter or digit")
     return _too_long(value, 63)
 
 
@@ -78,7 +80,7 @@ def qualified_name(value: str) -> str | None:
     if not name:
         return "the name part must not be empty"
     if _QUALIFIED.fullmatch(name) is None:
-        return "the name part must consist of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        return f"the name part must consist of {_QUALIFIED_CHARS}"
     problem = _too_long(name, 63)
     return f"the name part {problem}" if problem else None
 
@@ -88,7 +90,7 @@ def label_value(value: str) -> str | None:
     if value == "":
         return None
     if _QUALIFIED.fullmatch(value) is None:
-        return "must be empty or consist of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        return f"must be empty or consist of {_QUALIFIED_CHARS}"
     return _too_long(value, 63)
 
 

@@ -71,7 +71,8 @@ def _probe(p: dict | None, path: str, named_ports: dict, liveness: bool) -> Prob
             check_name(port, ppath, k8s_names.iana_svc_name)
             if port not in named_ports:
                 declared = ", ".join(sorted(named_ports)) or "none"
-                raise InvalidManifest(ppath, f"no port named {port!r} in this container (declared: {declared})")
+                raise InvalidManifest(ppath, f"no port named {port!r} in this container "
+                                      f"(declared: {declared})")
             port = named_ports[port]
         port_number(port, ppath)
 
@@ -82,11 +83,13 @@ def _probe(p: dict | None, path: str, named_ports: dict, liveness: bool) -> Prob
 
     success = timing("successThreshold", 1, 1)
     if liveness and success != 1:
-        raise InvalidManifest(join(path, "successThreshold"), f"must be 1 for a liveness probe, found {success}")
+        raise InvalidManifest(join(path, "successThreshold"),
+                              f"must be 1 for a liveness probe, found {success}")
     return Probe(kind=kind, command=tuple(get(handler, "command", ())), path=get(handler, "path", "/"),
                  port=port, scheme=enum_field(handler, "scheme", hpath, ("HTTP",), "HTTP"),
                  initial_delay_seconds=timing("initialDelaySeconds", 0, 0),
-                 period_seconds=timing("periodSeconds", 10, 1), timeout_seconds=timing("timeoutSeconds", 1, 1),
+                 period_seconds=timing("periodSeconds", 10, 1),
+                 timeout_seconds=timing("timeoutSeconds", 1, 1),
                  success_threshold=success, failure_threshold=timing("failureThreshold", 3, 1))
 
 
@@ -167,8 +170,8 @@ def _volume(v: dict, path: str) -> Volume:
         raise InvalidManifest(join(path, "emptyDir"), "required: BeeMesh supports emptyDir volumes only")
     dpath = join(path, "emptyDir")
     size = quantity_field(quantity.memory_bytes, get(empty_dir, "sizeLimit"), join(dpath, "sizeLimit"))
-    return Volume(name=name, kind="emptyDir", medium=enum_field(empty_dir, "medium", dpath, ("", "Memory"), ""),
-                  size_limit_bytes=size)
+    medium = enum_field(empty_dir, "medium", dpath, ("", "Memory"), "")
+    return Volume(name=name, kind="emptyDir", medium=medium, size_limit_bytes=size)
 
 
 def _pod_template(spec: dict | None, path: str, labels: Pairs, annotations: Pairs) -> PodTemplate:
@@ -251,7 +254,8 @@ def _deployment_extras(spec: dict) -> None:
     int_field(spec, "revisionHistoryLimit", "spec", 10)
     deadline = get(spec, "progressDeadlineSeconds")
     if deadline is not None and int_field(spec, "progressDeadlineSeconds", "spec", 600) <= min_ready:
-        raise InvalidManifest("spec.progressDeadlineSeconds", f"must be greater than minReadySeconds ({min_ready})")
+        raise InvalidManifest("spec.progressDeadlineSeconds",
+                              f"must be greater than minReadySeconds ({min_ready})")
 
 
 def _statefulset_extras(spec: dict) -> str:
@@ -295,14 +299,16 @@ def _service_ports(spec: dict, service_type: str) -> tuple[ServicePort, ...]:
             if (other.port, other.protocol) == (number, port.protocol):
                 raise InvalidManifest(join(path, "port"), f"duplicate port {number}/{port.protocol}")
             if node_port is not None and (other.node_port, other.protocol) == (node_port, port.protocol):
-                raise InvalidManifest(join(path, "nodePort"), f"duplicate nodePort {node_port}/{port.protocol}")
+                raise InvalidManifest(join(path, "nodePort"),
+                                      f"duplicate nodePort {node_port}/{port.protocol}")
         ports.append(port)
     return tuple(ports)
 
 
-# Deployment and StatefulSet pods are named `<name>-<N>` and that name is used as a Podman pod
-# name and the pod's hostname, which must be a DNS-1123 label. So the workload name must be a
-# label too (no dots), short enough to take the longest suffix, "-999" at MAX_REPLICAS.
+# Deployment and StatefulSet pods are named `<name>-<N>`, and a pod name doubles as the pod's
+# hostname (as for Kubernetes StatefulSet pods), which must be a DNS-1123 label: no dots, at
+# most 63 characters. So the workload name must be a label short enough to take the longest
+# suffix, "-999" at MAX_REPLICAS, whatever it is later scaled to.
 _MAX_SET_NAME = 63 - len(f"-{MAX_REPLICAS - 1}")
 
 
@@ -314,11 +320,11 @@ def _set_name(name: str) -> str | None:
     return problem
 
 
-_KINDS = {  # kind -> (apiVersion, spec schema, name check)
-    "Pod": ("v1", POD_SPEC, k8s_names.dns1123_subdomain),
-    "Deployment": ("apps/v1", DEPLOYMENT_SPEC, _set_name),
-    "StatefulSet": ("apps/v1", STATEFULSET_SPEC, _set_name),
-    "Service": ("v1", SERVICE_SPEC, k8s_names.dns1035_label),
+_KINDS = {  # kind -> (apiVersion, schema, name check)
+    "Pod": ("v1", top_level(POD_SPEC), k8s_names.dns1123_subdomain),
+    "Deployment": ("apps/v1", top_level(DEPLOYMENT_SPEC), _set_name),
+    "StatefulSet": ("apps/v1", top_level(STATEFULSET_SPEC), _set_name),
+    "Service": ("v1", top_level(SERVICE_SPEC), k8s_names.dns1035_label),
 }
 
 
@@ -333,11 +339,11 @@ def _build(obj: Any) -> Workload:
         raise InvalidManifest("kind", "a List is only accepted as a whole input, not nested")
     if kind not in _KINDS:
         raise InvalidManifest("kind", f"unsupported kind: found {describe(kind)} {supported}")
-    api_version, spec_schema, name_check = _KINDS[kind]
+    api_version, schema, name_check = _KINDS[kind]
     if obj.get("apiVersion") != api_version:
         raise InvalidManifest("apiVersion", f"{kind} needs apiVersion {api_version!r}, "
                               f"found {describe(obj.get('apiVersion'))}")
-    walk(obj, top_level(spec_schema), "")
+    walk(obj, schema, "")
 
     meta, spec = get(obj, "metadata", {}), get(obj, "spec", {})
     name = check_name(required(meta, "name", "metadata"), "metadata.name", name_check)

@@ -18,6 +18,9 @@ INT32 = 2**31 - 1
 # Upper bound on the number of values in the input once YAML aliases are expanded: stops an
 # "alias bomb" (a few lines that expand to billions of values) before anything walks it.
 MAX_VALUES = 1 << 20
+# Kubernetes objects are shallow (managedFields, the deepest part, is ~20 levels); a bound
+# keeps recursive code such as copy.deepcopy safe from pathological nesting.
+MAX_DEPTH = 100
 
 # ---------------------------------------------------------------------------- schema walker
 
@@ -241,20 +244,22 @@ def check_plain(root: Any, budget: int) -> int:
     """Reject values JSON cannot hold (YAML timestamps, !!binary, non-string keys) so `manifest`
     always round-trips through storage, and stop inputs that expand past `budget` values.
     Returns the budget left."""
-    stack = [(root, "")]
+    stack = [(root, "", 0)]
     while stack:
-        value, path = stack.pop()
+        value, path, depth = stack.pop()
         budget -= 1
         if budget < 0:
             raise InvalidManifest("", f"input holds more than {MAX_VALUES} values "
                                   "(too large, or YAML aliases that expand)")
+        if depth > MAX_DEPTH:
+            raise InvalidManifest(path, f"nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, dict):
             for key, sub in value.items():
                 if not isinstance(key, str):
                     raise InvalidManifest(path, f"field names must be strings, found {describe(key)}")
-                stack.append((sub, join(path, key)))
+                stack.append((sub, join(path, key), depth + 1))
         elif isinstance(value, list):
-            stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(value))
+            stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(value))
         elif not (value is None or isinstance(value, (str, int, float))):
             raise InvalidManifest(path, f"a YAML {type(value).__name__} is not valid here "
                                   "(quote it to make it a string)")
