@@ -98,7 +98,7 @@ def walk(value: Any, spec: Any, path: str) -> None:
         for key, sub in value.items():
             if not isinstance(sub, str):
                 raise InvalidManifest(path, f"value of {key!r} must be a string, found {describe(sub)}"
-                                      " (quote numbers and booleans)")
+                                      " (quote values such as 1, true or '')")
     elif not _SCALAR_OK[spec](value):
         raise InvalidManifest(path, f"expected {spec}, found {describe(value)}")
 

@@ -1,0 +1,7 @@
+#!/bin/sh
+# Run the benchmarks (as root; the daemon runs as the test user) and write bench/RESULTS.md.
+set -eu
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+. "$HERE/scripts/lib.sh"
+cd "$HERE"
+exec "$VENV/bin/python" bench/run_all.py
