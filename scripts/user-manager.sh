@@ -18,6 +18,8 @@ stop() {
         fi
         rm -f "$PIDFILE"
     fi
+    # A stale private socket would make the next start look ready before the manager listens.
+    rm -rf "$RUNDIR/systemd"
     for r in unified systemd; do
         d=/sys/fs/cgroup/$r/user.slice
         [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
@@ -42,7 +44,7 @@ start() {
     ' launcher "$UID_" "$GID_" "$HOME_" "$U" "$RUNDIR" >"$BEEMESH_LIB/user-manager.log" 2>&1 &
     echo $! > "$PIDFILE"
     i=0
-    until [ -S "$RUNDIR/systemd/private" ]; do
+    until asuser systemctl --user show-environment >/dev/null 2>&1; do
         i=$((i + 1)); [ $i -lt 100 ] || { cat "$BEEMESH_LIB/user-manager.log" >&2; stop; die "user manager did not start"; }
         sleep 0.1
     done
