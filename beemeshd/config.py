@@ -37,6 +37,19 @@ class Config:
     shutdown_grace_seconds: float = 5.0
     # Most pods this peer runs (as Kubernetes' default).
     max_pods: int = 110
+    # Podman API endpoint ("" = unix://$XDG_RUNTIME_DIR/podman/podman.sock); started if silent.
+    podman_endpoint: str = ""
+    # A separate Podman store (root, runroot, tmpdir under this directory; "" = the user's own),
+    # so several nodes can share one machine and user.
+    podman_store: str = ""
+    # Pod network: "auto" (fastest available), "slirp4netns", "pasta" or "bypass4netns".
+    network: str = "auto"
+    # Address hostPorts are published on (a loopback base spreads replicas over 127.x addresses).
+    publish_host_ip: str = "127.0.0.1"
+    # Reconcile: seconds between passes; restart back-off base and cap.
+    reconcile_interval_seconds: float = 1.0
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 60.0
 
     @classmethod
     def default(cls) -> "Config":

@@ -15,12 +15,17 @@ from dataclasses import dataclass, field
 
 import trio
 
-from beemeshd import __version__, hostinfo, identity, systemd
+from beemeshd import __version__, errors, hostinfo, identity, systemd
+from beemeshd.agent import Agent
 from beemeshd.api.handlers import MeshHandlers
 from beemeshd.api.idl import INTERFACE_NAME, Interface
 from beemeshd.api.server import VarlinkServer
 from beemeshd.config import Config
+from beemeshd.core.reconcile import Backoff
 from beemeshd.events import EventBus, now_usec
+from beemeshd.runtime.base import Runtime, RuntimeStatus
+from beemeshd.store import Store
+from beemeshd.workloads import Workloads
 
 log = logging.getLogger("beemeshd")
 
@@ -46,17 +51,27 @@ class Node:
     started: float = field(default_factory=time.monotonic)
     counters: Counters = field(default_factory=Counters)
     events: EventBus = field(default_factory=EventBus)
+    runtime: Runtime | None = None
+    workloads: Workloads | None = None
+    runtime_status: RuntimeStatus | None = None
+
+    async def refresh_runtime(self) -> RuntimeStatus:
+        self.runtime_status = await self.runtime.status()
+        return self.runtime_status
 
     def runtime_info(self) -> dict:
-        return {
-            "name": "podman",
-            "endpoint": "",
-            "available": False,
-            "startedByBeemesh": False,
-            "network": "slirp4netns",
-            "networksAvailable": [],
-            "lastError": "the Podman runtime adapter has not landed yet",
-        }
+        st = self.runtime_status
+        if st is None:
+            return {"name": "podman", "endpoint": "", "available": False, "startedByBeemesh": False,
+                    "network": "", "networksAvailable": [], "lastError": "not connected yet"}
+        info = {"name": st.name, "endpoint": st.endpoint, "available": st.available,
+                "startedByBeemesh": st.started_by_beemesh, "network": st.network,
+                "networksAvailable": list(st.networks_available)}
+        if st.version:
+            info["version"] = st.version
+        if st.last_error:
+            info["lastError"] = st.last_error
+        return info
 
     def capacity(self) -> dict:
         total, available = hostinfo.memory_bytes()
@@ -84,8 +99,8 @@ class Node:
             "peersAlive": 0,
             "peersSuspect": 0,
             "peersDead": 0,
-            "workloads": 0,
-            "localReplicas": 0,
+            "workloads": len(self.workloads.store.records) if self.workloads else 0,
+            "localReplicas": len(self.workloads.agent.observed) if self.workloads else 0,
             "counters": vars(self.counters).copy(),
         }
 
@@ -100,11 +115,24 @@ class Node:
                 "capacity": self.capacity(),
                 "lastSeenUSec": now_usec(),
                 "version": __version__,
-                "runtime": "podman",
-                "network": "slirp4netns",
+                "runtime": f"podman {self.runtime_status.version}" if self.runtime_status and self.runtime_status.version else "podman",
+                "network": self.runtime_status.network if self.runtime_status else "",
                 "labels": {},
             }
         ]
+
+
+def make_runtime(config: Config) -> Runtime:
+    from beemeshd.runtime.podman import PodmanRuntime  # podman-py only where Podman is used
+
+    args: list[str] = []
+    if config.podman_store:
+        d = config.podman_store
+        args = ["--root", f"{d}/root", "--runroot", f"{d}/run", "--tmpdir", f"{d}/tmp"]
+    endpoint = config.podman_endpoint or None
+    if config.podman_store and not endpoint:
+        endpoint = f"unix://{config.podman_store}/podman.sock"
+    return PodmanRuntime(endpoint, podman_args=args, network=config.network)
 
 
 def bind_socket(path) -> socket.socket:
@@ -169,6 +197,13 @@ class Daemon:
             socket_activated=bool(activated),
         )
         link = link_registry(config, path) if isinstance(path, str) and path else None
+        node.runtime = make_runtime(config)
+        store = Store(config.state_dir)
+        store.load()
+        agent = Agent(node.runtime, store, node.events, host_ip=config.publish_host_ip,
+                      backoff=Backoff(config.backoff_base_seconds, config.backoff_cap_seconds),
+                      interval=config.reconcile_interval_seconds)
+        node.workloads = Workloads(store, agent, node.runtime, node.events, node.identity.peer_id)
         server = VarlinkServer(
             Interface.load(),
             MeshHandlers(node),
@@ -182,11 +217,15 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run, sock)
                 nursery.start_soon(self._stop_on_signal, server, nursery.cancel_scope)
+                nursery.start_soon(self._connect_runtime, node)
+                await nursery.start(agent.run)
                 log.info("beemeshd %s serving %s as peer %s", __version__, node.address, node.identity.peer_id)
                 systemd.notify(f"READY=1\nSTATUS=serving {INTERFACE_NAME}")
                 await self._wait_for(server)
                 nursery.cancel_scope.cancel()
         finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await node.runtime.close()  # stops a Podman service we started; pods keep running
             if link:
                 with contextlib.suppress(OSError):
                     if os.readlink(link) == path:
@@ -195,6 +234,28 @@ class Daemon:
                 with contextlib.suppress(OSError):
                     os.unlink(config.socket_path)
         log.info("beemeshd stopped")
+
+    @staticmethod
+    async def _connect_runtime(node: Node) -> None:
+        """Connect to Podman (starting its API service if none listens), retrying until it works."""
+        delay = 0.5
+        while True:
+            try:
+                await node.runtime.start()
+                st = await node.refresh_runtime()
+                log.info("runtime %s %s at %s (network %s%s)", st.name, st.version, st.endpoint, st.network,
+                         ", service started by beemeshd" if st.started_by_beemesh else "")
+                node.workloads.agent.poke()
+                break
+            except errors.RuntimeUnavailable as exc:
+                await node.refresh_runtime()
+                log.warning("container runtime unavailable: %s; retrying in %.0f s", exc.reason, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30)
+        # Keep GetInfo's view fresh without a round trip per call.
+        while True:
+            await trio.sleep(2)
+            await node.refresh_runtime()
 
     @staticmethod
     async def _wait_for(server: VarlinkServer) -> None:

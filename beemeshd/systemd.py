@@ -69,4 +69,5 @@ def setup_logging(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # libp2p logs every stream at INFO; keep it quiet unless asked.
-    logging.getLogger("libp2p").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("libp2p", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -50,23 +50,47 @@ class MeshHandlers:
 
     async def Deploy(self, call: Call, manifest=None, yaml=None, namespace=None, wait=None,
                      timeoutSeconds=None, dryRun=None) -> dict:
-        raise errors.NotImplementedYet("Deploy", "the Podman runtime has not landed yet (issue 4)")
+        workloads = await self.node.workloads.deploy(manifest=manifest, yaml=yaml, namespace=namespace,
+                                                     wait=bool(wait), timeout=timeoutSeconds, dry_run=bool(dryRun))
+        return {"workloads": workloads}
 
     async def Get(self, call: Call, name, namespace=None, kind=None) -> dict:
-        raise errors.NotImplementedYet("Get", "the Podman runtime has not landed yet (issue 4)")
+        return {"workload": self.node.workloads.get(name, namespace, kind)}
 
     async def List(self, call: Call, namespace=None, kind=None):
-        raise errors.NotImplementedYet("List", "the Podman runtime has not landed yet (issue 4)")
+        return await stream_list(call, "workload", "workloads", self.node.workloads.list(namespace, kind))
 
     async def Delete(self, call: Call, name, namespace=None, kind=None, wait=None, timeoutSeconds=None):
-        raise errors.NotImplementedYet("Delete", "the Podman runtime has not landed yet (issue 4)")
+        return {"workload": await self.node.workloads.delete(name, namespace, kind, bool(wait), timeoutSeconds)}
 
     async def Scale(self, call: Call, name, replicas, namespace=None, wait=None, timeoutSeconds=None):
-        raise errors.NotImplementedYet("Scale", "the Podman runtime has not landed yet (issue 4)")
+        return {"workload": await self.node.workloads.scale(name, namespace, int(replicas), bool(wait),
+                                                            timeoutSeconds)}
 
     async def Logs(self, call: Call, name, namespace=None, replica=None, container=None, tail=None,
                    follow=None):
-        raise errors.NotImplementedYet("Logs", "the Podman runtime has not landed yet (issue 4)")
+        if tail is not None and tail < 0:
+            raise errors.InvalidParameter("tail", "must be ≥ 0")
+        if follow and not call.more:
+            raise verr.expected_more()
+        sources = self.node.workloads.log_sources(name, namespace, replica, container)
+        lines = self.node.workloads.logs(sources, None if tail is None else int(tail), bool(follow))
+        if not call.more:
+            return {"lines": [line async for line in lines]}
+
+        async def gen():
+            # Lookahead of one line, so the last line of a finite stream carries continues=false.
+            held = None
+            async for line in lines:
+                if held is not None:
+                    yield {"line": held}
+                held = line
+                if follow:
+                    yield {"line": held}
+                    held = None
+            yield Final({"line": held} if held is not None else {})
+
+        return gen()
 
     async def Explain(self, call: Call, name, namespace=None) -> dict:
         raise errors.NotImplementedYet("Explain", "placement by bids lands with the mesh (issue 6)")
