@@ -203,7 +203,8 @@ class Daemon:
         agent = Agent(node.runtime, store, node.events, host_ip=config.publish_host_ip,
                       backoff=Backoff(config.backoff_base_seconds, config.backoff_cap_seconds),
                       interval=config.reconcile_interval_seconds)
-        node.workloads = Workloads(store, agent, node.runtime, node.events, node.identity.peer_id)
+        node.workloads = Workloads(store, agent, node.runtime, node.events, node.identity.peer_id,
+                                   runtime_status=node.refresh_runtime)
         server = VarlinkServer(
             Interface.load(),
             MeshHandlers(node),

@@ -25,7 +25,10 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class Workloads:
-    def __init__(self, store: Store, agent: Agent, runtime: Runtime, events: EventBus, peer_id: str):
+    def __init__(self, store: Store, agent: Agent, runtime: Runtime, events: EventBus, peer_id: str,
+                 runtime_status=None):
+        # runtime_status: async () -> RuntimeStatus; the daemon's, so GetInfo sees what we saw.
+        self.runtime_status = runtime_status or runtime.status
         self.store = store
         self.agent = agent
         self.runtime = runtime
@@ -139,7 +142,7 @@ class Workloads:
         raise errors.Timeout(operation, timeout, detail())
 
     async def _require_runtime(self) -> None:
-        st = await self.runtime.status()
+        st = await self.runtime_status()
         if not st.available:
             raise errors.RuntimeUnavailable(st.last_error or "the runtime does not answer", st.endpoint)
 

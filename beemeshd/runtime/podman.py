@@ -479,9 +479,12 @@ def _create_pod(c: PodmanClient, spec: PodSpec, network_mode: str) -> ObservedPo
         for ctr in spec.containers:
             _check(c.api.post("/containers/create",
                               data=json.dumps(container_body(spec, ctr, pod_id))))
-        started = _check(c.api.post(f"/pods/{pod_id}/start"))
-        errs = (started.json() or {}).get("Errs") or []
-        if errs:
+        started = c.api.post(f"/pods/{pod_id}/start")  # errors come as {"Errs": [...]}
+        if not started.ok:
+            try:
+                errs = started.json().get("Errs") or [started.text]
+            except ValueError:
+                errs = [started.text]
             raise RuntimeFailure("; ".join(map(str, errs)))
         return _list_pods(c, [MANAGED, f"label={POD_LABEL}={spec.name}"])[0]
     except BaseException as exc:
@@ -507,9 +510,12 @@ def _remove_pod(c: PodmanClient, name: str, volumes_of: str | None = None) -> No
 
 
 def _remove_volumes(c: PodmanClient, pod: str) -> None:
-    filters = {"label": [f"{MANAGED_LABEL}=true", f"{POD_LABEL}={pod}"]}
+    # One label per filter: Podman 4.3 ORs several label filters on volumes.
+    filters = {"label": [f"{POD_LABEL}={pod}"]}
     vols = _check(c.api.get("/volumes/json", params={"filters": json.dumps(filters)})).json()
     for v in vols or []:
+        if (v.get("Labels") or {}).get(MANAGED_LABEL) != "true":
+            continue
         try:
             _check(c.api.delete(f"/volumes/{v['Name']}", params={"force": True}))
         except APIError as exc:

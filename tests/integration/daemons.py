@@ -106,3 +106,54 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PodmanNode(Daemon):
+    """A beemeshd with its own Podman store and API socket (several can share one machine)."""
+
+    @property
+    def store(self) -> Path:
+        return self.home / "podman"
+
+    def podman_args(self) -> list[str]:
+        s = self.store
+        return ["--root", f"{s}/root", "--runroot", f"{s}/run", "--tmpdir", f"{s}/tmp"]
+
+    def podman(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.user.run(["podman", *self.podman_args(), *args], timeout=timeout)
+
+    def prepare(self) -> "PodmanNode":
+        """Create the store and import the local image into it."""
+        for sub in ("root", "run", "tmp"):
+            (self.store / sub).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "-R", f"{self.user.uid}:{self.user.gid}", str(self.store)], check=True)
+        self.extra_config.setdefault("podman_store", str(self.store))
+        from tests.conftest import ROOT
+
+        p = subprocess.run([str(ROOT / "scripts" / "build-image.sh"), *self.podman_args()],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return self
+
+    def http(self, host: str, port: int, timeout: float = 2) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=timeout) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    def cleanup(self) -> None:
+        self.podman("pod", "rm", "-af", "-t", "0", timeout=120)
+        self.podman("rm", "-af", "-t", "0", timeout=120)
+        self.podman("volume", "prune", "-f", timeout=60)
+        # the store's service, if a test started one by hand
+        subprocess.run(["pkill", "-u", str(self.user.uid), "-f", f"system service unix://{self.store}"])
