@@ -343,19 +343,21 @@ def cmd_explain(c: Client, args) -> int:
 
 # -- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    # -a and -n are accepted before or after the command (kubectl style).
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-a", "--address", default=argparse.SUPPRESS,
-                        help="Varlink address of beemeshd (default $BEEMESH_ADDRESS or the user socket)")
-    common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: default)")
-    p = argparse.ArgumentParser(prog=PROG, parents=[common],
-                                description="Command-line client of beemeshd (io.beemesh.Mesh).")
-    p.set_defaults(address=None, namespace=None)
+    def common(parser, default):
+        # -a and -n are accepted before or after the command (kubectl style); after it, they
+        # must not reset what was given before (hence SUPPRESS there).
+        parser.add_argument("-a", "--address", default=default,
+                            help="Varlink address of beemeshd (default $BEEMESH_ADDRESS or the user socket)")
+        parser.add_argument("-n", "--namespace", default=default, help="namespace (default: default)")
+
+    p = argparse.ArgumentParser(prog=PROG, description="Command-line client of beemeshd (io.beemesh.Mesh).")
+    common(p, None)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, func, help_text):
-        sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        common(sp, argparse.SUPPRESS)
         sp.set_defaults(func=func)
         return sp
 

@@ -209,6 +209,17 @@ class _Response:
                 pass
 
 
+async def _answers(path: str | None) -> bool:
+    if not path:
+        return False
+    with trio.socket.socket(trio.socket.AF_UNIX) as s:
+        try:
+            await s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 def _read_exact(raw, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -332,11 +343,16 @@ class PodmanRuntime:
             return
         with trio.CancelScope(shield=True):  # also when close() runs in a cancelled nursery
             proc.terminate()  # Podman's pods keep running: conmon and slirp4netns are detached
-            with trio.move_on_after(SERVICE_STOP_TIMEOUT):
+            with trio.move_on_after(SERVICE_STOP_TIMEOUT) as scope:
                 await proc.wait()
-                return
-            proc.kill()
-            await proc.wait()
+                # The podman we started re-execs itself inside the user namespace and exits
+                # before that child has stopped serving: wait until the socket is dead too.
+                while await _answers(socket_path(self.endpoint)):
+                    await trio.sleep(0.01)
+            if scope.cancelled_caught:
+                log.warning("podman service did not stop within %g s", SERVICE_STOP_TIMEOUT)
+                proc.kill()
+                await proc.wait()
 
     # --- Runtime ---
 

@@ -176,6 +176,7 @@ class Driver:
             out["service_after_close"] = "gone"
         out["keep_after_close"] = {"http": http_get(keep),
                                    "cli": self.podman("pod", "ps", "--format", "{{.Name}} {{.Status}}")}
+        self.podman("pod", "rm", "-f", "-t", "0", "bm-keep")
 
     async def follow(self, rt, port: int) -> None:
         """Follow httpd's log, cause a line, then close the stream: the thread must end."""
@@ -238,7 +239,7 @@ class Driver:
                                     "cli": self.podman("pod", "ps", "--format", "{{.Name}} {{.Status}}")}
 
             svc = self.spawn_service()
-            pods = await rt.list_pods()
+            pods = await rt.list_pods({"app": "bm-out"})
             out["after_restart"] = [(p.name, p.state, [c.state for c in p.containers]) for p in pods]
             out["status_up"] = (await rt.status()).available
             await rt.remove_pod("bm-out")
