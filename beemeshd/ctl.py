@@ -177,8 +177,6 @@ def cmd_apply(c: Client, args) -> int:
 
 
 def get_target(words: list[str]) -> tuple[str | None, str | None]:
-    if len(words) > 2:
-        raise UsageError("get takes at most KIND and NAME")
     if len(words) == 2:
         kind = kind_of(words[0])
         if kind is None:
@@ -196,7 +194,7 @@ def get_target(words: list[str]) -> tuple[str | None, str | None]:
 
 
 def cmd_get(c: Client, args) -> int:
-    kind, name = get_target(args.target)
+    kind, name = get_target([w for w in (args.kind, args.name) if w])
     namespace = args.namespace or "default"
     wide = args.output == "wide"
     if name is not None:
@@ -358,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name, func, help_text):
         sp = sub.add_parser(name, help=help_text, description=help_text)
         common(sp, argparse.SUPPRESS)
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=func, parser=sp)
         return sp
 
     def waiting(sp):
@@ -372,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     waiting(sp)
 
     sp = command("get", cmd_get, "list workloads, or show one with its replicas")
-    sp.add_argument("target", nargs="*", metavar="[KIND] [NAME]")
+    sp.add_argument("kind", nargs="?", metavar="KIND", help="deployment, statefulset, pod, service (or KIND/NAME)")
+    sp.add_argument("name", nargs="?", metavar="NAME")
     sp.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml", "name"], default="table")
     sp.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace")
 
@@ -428,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         with client:
             return args.func(client, args)
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
+        args.parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except (VarlinkCallError, CtlError) as exc:

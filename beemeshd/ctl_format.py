@@ -132,7 +132,8 @@ def info_lines(info: dict) -> str:
     pairs += [
         ("Mesh addresses", ", ".join(info["meshAddresses"]) or NONE),
         ("Peers", f"{info['peersAlive']} alive, {info['peersSuspect']} suspect, {info['peersDead']} dead"),
-        ("Workloads", f"{info['workloads']} ({info['localReplicas']} replicas run here)"),
+        ("Workloads", info["workloads"]),
+        ("Local replicas", info["localReplicas"]),
         ("Dropped", f"{c['forgedMessages']} forged, {c['staleMessages']} stale, {c['replayedMessages']} replayed, "
                     f"{c['malformedMessages']} malformed messages; {c['refusedPeers']} peers refused; "
                     f"{c['badConnections']} bad connections"),
