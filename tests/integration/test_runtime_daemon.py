@@ -213,3 +213,39 @@ def test_deploy_wait_times_out_with_detail(node):
     assert r.json["operation"] == "Deploy wait" and "0 of 1 replicas ready" in r.json["detail"]
     # what was done stays done: the workload exists and its pod runs
     assert node.call("Get", {"name": "slow"}).json["workload"]["replicaStatus"][0]["state"] == "running"
+
+
+def test_liveness_failure_restarts_the_container(node):
+    m = web("live", probe=False)
+    c = m["spec"]["template"]["spec"]["containers"][0]
+    c["command"] = ["sh", "-c", "touch /tmp/alive && exec httpd -f -p 8080 -h /var/www"]
+    c["livenessProbe"] = {"exec": {"command": ["test", "-f", "/tmp/alive"]}, "periodSeconds": 1,
+                          "failureThreshold": 2}
+    assert node.call("Deploy", {"manifest": m, "wait": True}).rc == 0
+    assert node.podman("exec", "live-0.default-httpd", "rm", "/tmp/alive").returncode == 0
+    rep = wait_for(lambda: (x := node.call("Get", {"name": "live"}).json["workload"]["replicaStatus"][0])["restarts"] >= 1
+                   and x["ready"] and x, what="liveness restart")
+    assert rep["containers"][0]["restarts"] == 1
+    # the restarted container recreated its file: it stays alive, no further restarts
+    time.sleep(3)
+    assert node.call("Get", {"name": "live"}).json["workload"]["replicaStatus"][0]["restarts"] == 1
+
+
+def test_logs_follow_streams_new_lines(node):
+    from tests.conftest import VARLINKCTL
+
+    port = free_port()
+    assert node.call("Deploy", {"manifest": web(port=port, probe=False), "wait": True}).rc == 0
+    p = subprocess.Popen([str(VARLINKCTL), "call", "--more", node.address, "io.beemesh.Mesh.Logs",
+                          json.dumps({"name": "web", "follow": True, "tail": 0})], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        for _ in range(3):
+            assert node.http("127.0.0.1", port)
+        line = p.stdout.readline()
+        assert line, p.stderr.read() if p.poll() is not None else "no line"
+        assert "response:200" in json.loads(line.strip())["line"]["line"]  # --more output is JSON-SEQ (\x1e)
+    finally:
+        p.terminate()
+        p.wait(10)
