@@ -246,8 +246,9 @@ class Agent:
             state, ready, message = rc.status(d, pod, m, now)
             if self.available is False:
                 message = f"runtime unavailable: {self.last_error}"
+            probed = {c.name for c in d.workload.template.containers if c.readiness_probe is not None}
             rows.append(_replica_row(d.replica, d.ordinal, d.generation, state, ready, message, pod, m,
-                                     peer_id if pod is not None else None))
+                                     peer_id if pod is not None else None, probed))
         for name, pod in sorted(self.observed.items()):
             lb = pod.labels
             if name in self.desired or (lb.get(render.NAMESPACE), lb.get(render.KIND), lb.get(render.WORKLOAD)) != w.key:
@@ -278,13 +279,16 @@ class Agent:
                 if (p.labels.get(render.NAMESPACE), p.labels.get(render.KIND), p.labels.get(render.WORKLOAD)) == key]
 
 
-def _replica_row(replica, ordinal, generation, state, ready, message, pod, m, peer_id) -> dict:
+def _replica_row(replica, ordinal, generation, state, ready, message, pod, m, peer_id, probed=frozenset()) -> dict:
     containers = []
     if pod is not None:
         for oc in pod.containers:
+            # Without a readiness probe a running container is ready; with one, only once it passes.
+            verdict = m.probes.get((oc.name, "readiness"))
+            probe_ok = verdict.passing if verdict is not None else oc.name not in probed
             containers.append({
                 "name": oc.name, "image": oc.image, "state": oc.state,
-                "ready": oc.state == "running" and m.probes.get((oc.name, "readiness"), rc.ProbeState(passing=True)).passing,
+                "ready": oc.state == "running" and probe_ok,
                 "restarts": m.container_restarts.get(oc.name, 0),
                 "exitCode": oc.exit_code if oc.state != "running" else None,
             })
