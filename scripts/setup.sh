@@ -63,6 +63,8 @@ log_driver = "k8s-file"
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+# Every exec (BeeMesh's exec probes) otherwise leaves two conmon processes waiting 300 s.
+exit_command_delay = 5
 CONF
 write_if_changed "$CONF/storage.conf" "$UID_" "$GID_" <<'CONF'
 # Written by BeeMesh's scripts/setup.sh

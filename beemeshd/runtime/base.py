@@ -128,7 +128,8 @@ def validate(spec: PodSpec) -> None:
     for c in spec.containers:
         for vol, _, _ in c.mounts:
             if vol not in spec.volumes:
-                raise RuntimeFailure(f"{spec.name}: container {c.name} mounts undeclared volume {vol}")
+                raise RuntimeFailure(
+                    f"{spec.name}: container {c.name} mounts undeclared volume {vol}")
 
 
 def pod_state(container_states: list[str]) -> str:
@@ -141,7 +142,8 @@ def pod_state(container_states: list[str]) -> str:
 
 class Runtime(Protocol):
     """A container runtime as the daemon uses it. Every method is async and trio-friendly, and
-    raises beemeshd.errors.RuntimeUnavailable when the runtime does not answer."""
+    raises beemeshd.errors.RuntimeUnavailable when the runtime does not answer (status() reports
+    it instead) and RuntimeFailure when it answers no (no such pod or container, ...)."""
 
     async def start(self) -> None:
         """Connect (starting a runtime service if needed and allowed)."""
@@ -161,7 +163,8 @@ class Runtime(Protocol):
     async def remove_pod(self, name: str) -> None:
         """Kill and remove a pod, its containers and volumes. Absent pods are fine."""
 
-    async def restart_container(self, pod: str, container: str) -> None: ...
+    async def restart_container(self, pod: str, container: str) -> None:
+        """Stop (SIGTERM, SIGKILL after STOP_TIMEOUT s) if running, then start again."""
 
     async def exec(self, pod: str, container: str, command: list[str], timeout: float) -> int:
         """Run a command in a running container; its exit code, or 124 after `timeout` seconds."""
@@ -169,7 +172,7 @@ class Runtime(Protocol):
     def logs(
         self, pod: str, container: str, *, tail: int | None = None, follow: bool = False
     ) -> AsyncIterator[LogEntry]:
-        """Log lines, oldest first; with `follow`, then new lines until the container is removed
-        or the iterator is closed. Close it with `aclose()` (or contextlib.aclosing)."""
+        """Log lines, oldest first (`tail`: only the last n); with `follow`, then new lines until
+        the container stops or is removed, or the iterator is closed (`aclose()`)."""
 
     async def image_exists(self, image: str) -> bool: ...

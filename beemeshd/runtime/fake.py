@@ -165,7 +165,7 @@ class FakeRuntime:
                     follow: bool) -> AsyncIterator[LogEntry]:
         await self._enter("logs", pod, container, tail, follow)
         c = self._container(pod, container)
-        sent = len(c.logs) if tail is None else max(len(c.logs) - max(tail, 0), 0)
+        sent = 0 if tail is None else max(len(c.logs) - max(tail, 0), 0)
         for entry in c.logs[sent:]:
             yield entry
         sent = len(c.logs)

@@ -1,28 +1,24 @@
 """The Runtime interface on rootless Podman's REST API, through podman-py.
 
 podman-py is synchronous, so every operation is one sync function run in a worker thread
-(`trio.to_thread.run_sync` with a CapacityLimiter). An operation that needs several API requests
-(create pod, volumes, containers, start) runs them in one thread call, which makes it atomic with
-respect to trio cancellation and cheap (one thread hop).
+(`trio.to_thread.run_sync` with a CapacityLimiter). An operation that needs several requests
+(create pod, volumes, containers, start) runs them in one thread call: one thread hop, and atomic
+with respect to trio cancellation.
 
 Connection failures (socket missing, refused, reset, timed out) become RuntimeUnavailable and drop
 the pooled clients, so the next call reconnects: nothing stale survives a restart of the service.
-Requests whose shape matters (container and pod specs, exec, logs) are posted as plain JSON through
-podman-py's APIClient instead of its docker-compatible keyword layer, which drops or mangles fields
-(`cni_networks: [None]`, one mount per named volume) and hides the stream type of log frames.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
-import struct
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from typing import Any
 
 import outcome
@@ -34,9 +30,12 @@ from podman.errors import APIError
 from beemeshd.errors import RuntimeUnavailable
 from beemeshd.runtime import network
 from beemeshd.runtime.base import (
-    CONTAINER_LABEL, EXEC_TIMEOUT_EXIT_CODE, MANAGED_LABEL, POD_LABEL, STOP_TIMEOUT, ContainerSpec,
-    LogEntry, ObservedContainer, ObservedPod, PodSpec, RuntimeFailure, RuntimeStatus,
-    container_labels, pod_labels, podman_name, validate,
+    EXEC_TIMEOUT_EXIT_CODE, MANAGED_LABEL, POD_LABEL, STOP_TIMEOUT, LogEntry, ObservedPod, PodSpec,
+    RuntimeFailure, RuntimeStatus, podman_name, validate,
+)
+from beemeshd.runtime.podman_specs import (
+    container_body, default_endpoint, observe, parse_log_frame, pod_body, read_frames, socket_path,
+    volume_name,
 )
 
 log = logging.getLogger("beemeshd.runtime")
@@ -44,117 +43,10 @@ log = logging.getLogger("beemeshd.runtime")
 PODMAN = "podman"
 REQUEST_TIMEOUT = 20.0  # seconds per API request; a hung service becomes RuntimeUnavailable
 SERVICE_START_TIMEOUT = 10.0
-SERVICE_STOP_TIMEOUT = 5.0
+SERVICE_STOP_GRACE = 1.0  # a healthy service is gone within some 10 ms
 MAX_LOG_STREAMS = 32  # followed logs hold a thread each; they get their own limiter
 LOG_BUFFER = 256
 MANAGED = f"label={MANAGED_LABEL}=true"
-
-
-def default_endpoint() -> str:
-    run = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-    return f"unix://{run}/podman/podman.sock"
-
-
-def socket_path(endpoint: str) -> str | None:
-    """The filesystem path of a unix:// endpoint (the only kind we can start a service for)."""
-    for prefix in ("unix://", "http+unix://", "unix:"):
-        if endpoint.startswith(prefix):
-            return endpoint[len(prefix):]
-    return None
-
-
-def volume_name(pod: str, volume: str) -> str:
-    return f"{pod}-{volume}"
-
-
-# --- Specs as plain data (golden-tested) -------------------------------------------------------
-
-
-def pod_body(spec: PodSpec, network_mode: str) -> dict:
-    """Body of POST /libpod/pods/create."""
-    return {
-        "name": spec.name,
-        "labels": pod_labels(spec),
-        "netns": network.pod_netns(network_mode),
-        "portmappings": [
-            {"container_port": p.container_port, "host_port": p.host_port,
-             "protocol": p.protocol, **({"host_ip": p.host_ip} if p.host_ip else {})}
-            for p in spec.ports
-        ],
-    }
-
-
-def container_body(pod: PodSpec, c: ContainerSpec, pod_id: str) -> dict:
-    """Body of POST /libpod/containers/create (Podman's SpecGenerator)."""
-    body: dict[str, Any] = {
-        "name": podman_name(pod.name, c.name),
-        "image": c.image,
-        "pod": pod_id,
-        "labels": container_labels(pod, c),
-        "stop_timeout": STOP_TIMEOUT,
-    }
-    # Kubernetes semantics: `command` replaces the entrypoint and then the image's cmd is not
-    # used (Podman drops it whenever an entrypoint is given); `args` replaces the cmd.
-    if c.command:
-        body["entrypoint"] = list(c.command)
-    if c.args:
-        body["command"] = list(c.args)
-    if c.env:
-        body["env"] = dict(c.env)
-    if c.working_dir:
-        body["work_dir"] = c.working_dir
-    limits: dict[str, Any] = {}
-    if c.cpu_limit_millis:
-        limits["cpu"] = {"period": 100_000, "quota": c.cpu_limit_millis * 100}
-    if c.memory_limit_bytes:
-        limits["memory"] = {"limit": c.memory_limit_bytes}
-    if limits:  # rootless Podman on cgroup v1 accepts and ignores them
-        body["resource_limits"] = limits
-    if c.mounts:
-        body["volumes"] = [
-            {"Name": volume_name(pod.name, vol), "Dest": path, "Options": ["ro" if ro else "rw"]}
-            for vol, path, ro in c.mounts
-        ]
-    return body
-
-
-def observe(pod: dict, containers: list[dict]) -> ObservedPod:
-    """An ObservedPod from `GET /pods/json` and `GET /containers/json` entries (infra skipped)."""
-    mine = [c for c in containers if c.get("Pod") == pod["Id"] and not c.get("IsInfra")]
-    return ObservedPod(
-        name=pod["Name"],
-        id=pod["Id"],
-        labels=dict(pod.get("Labels") or {}),
-        state=str(pod.get("Status", "")).lower(),
-        containers=[_observe_container(pod["Name"], c) for c in mine],
-    )
-
-
-def _observe_container(pod: str, c: dict) -> ObservedContainer:
-    labels = dict(c.get("Labels") or {})
-    name = labels.get(CONTAINER_LABEL) or c["Names"][0].removeprefix(f"{pod}-")
-    state = c.get("State", "")  # a plain string in list results (podman-py's .status breaks)
-    started = c.get("StartedAt") or 0
-    return ObservedContainer(
-        name=name,
-        id=c["Id"],
-        image=c.get("Image", ""),
-        state=state,
-        exit_code=c.get("ExitCode") if state in ("exited", "stopped") else None,
-        started_at=float(started) if started > 0 else None,
-        labels=labels,
-    )
-
-
-def parse_log_frame(kind: int, payload: bytes, container: str) -> LogEntry:
-    """One frame of Podman's multiplexed log stream: `<RFC 3339 time> <line>\\n`."""
-    text = payload.decode("utf-8", "replace").removesuffix("\n")
-    stamp, _, line = text.partition(" ")
-    try:
-        usec = int(datetime.fromisoformat(stamp).timestamp() * 1_000_000)
-    except ValueError:
-        usec, line = 0, text
-    return LogEntry(container, "stderr" if kind == 2 else "stdout", usec, line)
 
 
 # --- Errors ------------------------------------------------------------------------------------
@@ -171,8 +63,9 @@ def _is_connection_error(exc: BaseException) -> bool:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, APIError) and exc.response is not None:
         return exc.explanation or str(exc)
-    while exc.__cause__ is not None:  # the innermost error says what happened to the socket
-        exc = exc.__cause__
+    # The innermost error says what happened to the socket (e.g. ConnectionRefusedError).
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -203,31 +96,21 @@ class _Response:
 
     def _shutdown(self) -> None:
         if self._resp is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
                 self._resp.raw.shutdown()  # urllib3 ≥ 2.3: unblocks a read in another thread
-            except (OSError, ValueError, RuntimeError):
-                pass
 
 
-async def _answers(path: str | None) -> bool:
-    if not path:
-        return False
-    with trio.socket.socket(trio.socket.AF_UNIX) as s:
+def _group_alive(pgid: int) -> bool:
+    """Whether a process group still has a live (non-zombie) member."""
+    for pid in os.listdir("/proc"):
         try:
-            await s.connect(path)
+            with open(f"/proc/{pid}/stat") as f:
+                state, _ppid, pgrp = f.read().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
             return True
-        except OSError:
-            return False
-
-
-def _read_exact(raw, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = raw.read(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return False
 
 
 # --- The adapter -------------------------------------------------------------------------------
@@ -255,6 +138,7 @@ class PodmanRuntime:
         self._networks: list[str] = []
         self._version: str | None = None
         self._service: trio.Process | None = None
+        self._owns_service = False  # we started the service, so we may bring it back
         self._idle: list[PodmanClient] = []
         self._generation = 0  # bumped on connection errors: older clients are not reused
         self._last_error: str | None = None
@@ -321,9 +205,13 @@ class PodmanRuntime:
                if not k.startswith("LISTEN_") and k != "NOTIFY_SOCKET"}
         argv = [PODMAN, *self._podman_args, "system", "service", "--time=0", f"unix://{path}"]
         log.info("starting %s", " ".join(argv))
-        self._service = await trio.lowlevel.open_process(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            start_new_session=True)  # a Ctrl-C meant for beemeshd must not reach it first
+        self._owns_service = True
+        try:
+            self._service = await trio.lowlevel.open_process(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True)  # own group: Ctrl-C is for beemeshd; close() kills it all
+        except OSError as exc:
+            raise RuntimeUnavailable(f"cannot run {PODMAN}: {exc}", self.endpoint) from exc
         with trio.move_on_after(SERVICE_START_TIMEOUT):
             while self._service.poll() is None:
                 try:
@@ -339,46 +227,55 @@ class PodmanRuntime:
 
     async def _stop_service(self) -> None:
         proc, self._service = self._service, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
         with trio.CancelScope(shield=True):  # also when close() runs in a cancelled nursery
-            proc.terminate()  # Podman's pods keep running: conmon and slirp4netns are detached
-            with trio.move_on_after(SERVICE_STOP_TIMEOUT) as scope:
+            # Pods keep running: conmon, slirp4netns and rootlessport have process groups of
+            # their own. The podman we started re-execs itself inside the user namespace, and
+            # that child outlives it: wait for the whole group.
+            if proc.poll() is None:
+                proc.terminate()
+            with trio.move_on_after(SERVICE_STOP_GRACE):
                 await proc.wait()
-                # The podman we started re-execs itself inside the user namespace and exits
-                # before that child has stopped serving: wait until the socket is dead too.
-                while await _answers(socket_path(self.endpoint)):
-                    await trio.sleep(0.01)
-            if scope.cancelled_caught:
-                log.warning("podman service did not stop within %g s", SERVICE_STOP_TIMEOUT)
-                proc.kill()
-                await proc.wait()
+                while _group_alive(proc.pid):
+                    await trio.sleep(0.02)
+                return
+            # Podman 4.3 never finishes a graceful shutdown while a followed log is open on its
+            # side, even when the client has hung up (it notices only at the next log line).
+            log.warning("podman service did not stop within %g s: killing it", SERVICE_STOP_GRACE)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
 
     # --- Runtime ---
 
     async def start(self) -> None:
         try:
-            await self._ping()
-        except RuntimeUnavailable:
-            path = socket_path(self.endpoint)
-            if not (self._start_service and path):
-                raise
-            await self._spawn_service(path)
-        try:
+            try:
+                await self._ping()
+            except RuntimeUnavailable:
+                path = socket_path(self.endpoint)
+                if not (self._start_service and path):
+                    raise
+                await self._spawn_service(path)
             await self._learn_host()
         except BaseException:
+            self._owns_service = False
             await self._stop_service()
             raise
 
     async def close(self) -> None:
+        self._owns_service = False
         self._drop_clients()
         await self._stop_service()
 
     async def status(self) -> RuntimeStatus:
-        service_died = self._service is not None and self._service.poll() is not None
+        """Never raises: an unreachable service is `available=False` with `last_error`. A service
+        we started that has died is started again here (one attempt per call); one we did not
+        start is left to whoever owns it."""
         try:
-            if service_died:  # only a service we started is ours to bring back
-                log.warning("podman service exited (%s); restarting it", self._service.returncode)
+            if self._owns_service and (self._service is None or self._service.poll() is not None):
+                log.warning("the podman service we started is gone; starting it again")
                 await self._spawn_service(socket_path(self.endpoint) or "")
             await self._ping()
             if self._network is None:
@@ -392,7 +289,7 @@ class PodmanRuntime:
             version=self._version,
             endpoint=self.endpoint,
             available=available,
-            started_by_beemesh=self._service is not None,
+            started_by_beemesh=self._owns_service,
             network=self._network or "",
             networks_available=list(self._networks),
             last_error=self._last_error,
@@ -425,8 +322,7 @@ class PodmanRuntime:
             return await self._run(_exec, name, list(command), box, abandon=True)
         box.shutdown()  # wakes the abandoned thread; the process still runs in the container
         if box.exec_id is not None:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                await self._run(_kill_exec, name, box.exec_id)
+            await self._run(_kill_exec, name, box.exec_id)
         return EXEC_TIMEOUT_EXIT_CODE
 
     def logs(self, pod: str, container: str, *, tail: int | None = None,
@@ -515,13 +411,8 @@ def _create_pod(c: PodmanClient, spec: PodSpec, network_mode: str) -> ObservedPo
 
 def _remove_pod(c: PodmanClient, name: str, volumes_of: str | None = None) -> None:
     # Kill first: on Podman 4.3 stop/remove of a running pod waits 10 s whatever timeout is given.
-    for method, path, params, ok in (("post", f"/pods/{name}/kill", None, (404, 409)),
-                                     ("delete", f"/pods/{name}", {"force": True}, (404,))):
-        try:
-            _check(getattr(c.api, method)(path, params=params))
-        except APIError as exc:
-            if exc.response is None or exc.status_code not in ok:
-                raise
+    _unless(c.api.post, f"/pods/{name}/kill", (404, 409))  # 409: nothing running
+    _unless(c.api.delete, f"/pods/{name}", (404,), params={"force": True})
     _remove_volumes(c, volumes_of or name)
 
 
@@ -530,13 +421,17 @@ def _remove_volumes(c: PodmanClient, pod: str) -> None:
     filters = {"label": [f"{POD_LABEL}={pod}"]}
     vols = _check(c.api.get("/volumes/json", params={"filters": json.dumps(filters)})).json()
     for v in vols or []:
-        if (v.get("Labels") or {}).get(MANAGED_LABEL) != "true":
-            continue
-        try:
-            _check(c.api.delete(f"/volumes/{v['Name']}", params={"force": True}))
-        except APIError as exc:
-            if exc.response is None or exc.status_code != 404:
-                raise
+        if (v.get("Labels") or {}).get(MANAGED_LABEL) == "true":
+            _unless(c.api.delete, f"/volumes/{v['Name']}", (404,), params={"force": True})
+
+
+def _unless(method: Callable[..., Any], path: str, statuses: tuple[int, ...], **kw: Any) -> None:
+    """A request whose failure with one of `statuses` means there is nothing left to do."""
+    try:
+        _check(method(path, **kw))
+    except APIError as exc:
+        if exc.response is None or exc.status_code not in statuses:
+            raise
 
 
 def _exec(c: PodmanClient, name: str, command: list[str], box: _Response) -> int:
@@ -544,6 +439,8 @@ def _exec(c: PodmanClient, name: str, command: list[str], box: _Response) -> int
     created = _check(c.api.post(f"/containers/{name}/exec", data=json.dumps(
         {"Cmd": command, "AttachStdout": True, "AttachStderr": True})))
     box.exec_id = created.json()["Id"]
+    if box.closed:  # timed out already: do not start a process nobody waits for
+        return EXEC_TIMEOUT_EXIT_CODE
     resp = c.api.post(f"/exec/{box.exec_id}/start", data=json.dumps({"Detach": False}),
                       stream=True, timeout=(REQUEST_TIMEOUT, None))  # the caller bounds it
     box.set(resp)
@@ -566,14 +463,11 @@ def _kill_exec(c: PodmanClient, name: str, exec_id: str) -> None:
     if not info.get("Running") or pid <= 0:
         return
     try:
-        os.kill(pid, signal.SIGKILL)  # runs as us when the container user is root
-        return
+        return os.kill(pid, signal.SIGKILL)  # the process runs as us if the container user is root
     except ProcessLookupError:
         return
-    except PermissionError:
-        pass
-    # Another container user maps to a subordinate uid: kill it from inside the container,
-    # by its pid in the container's pid namespace (the last NSpid entry).
+    except PermissionError:  # another container user maps to a subordinate uid: kill it from
+        pass  # inside the container, by its pid in there (the last NSpid entry)
     try:
         with open(f"/proc/{pid}/status") as f:
             nspid = next(line.split()[-1] for line in f if line.startswith("NSpid:"))
@@ -589,14 +483,11 @@ def _read_logs(c: PodmanClient, name: str, container: str, params: dict,
     box.set(resp)
     try:
         _check(resp)
-        while not box.closed:
-            header = _read_exact(resp.raw, 8)
-            if len(header) < 8:
+        for kind, payload in read_frames(resp.raw):
+            if box.closed:
                 return
-            kind, size = struct.unpack(">BxxxL", header)
-            entry = parse_log_frame(kind, _read_exact(resp.raw, size), container)
             try:
-                trio.from_thread.run(send.send, entry)
+                trio.from_thread.run(send.send, parse_log_frame(kind, payload, container))
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled,
                     trio.RunFinishedError):
                 return  # the reader is gone

@@ -9,6 +9,8 @@ of the test's own), `socket` (an API socket path of its own) and `image`.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -167,7 +169,9 @@ class Driver:
         keep = free_port()
         await rt.create_pod(web_pod("bm-keep", keep, self.image))
         await wait_http(keep)
+        t = time.monotonic()
         await rt.close()
+        out["close_s"] = time.monotonic() - t
         probe = PodmanRuntime(self.endpoint, start_service=False)
         try:
             await probe.start()
@@ -219,8 +223,7 @@ class Driver:
             await rt.create_pod(web_pod("bm-out", port, self.image))
             out["http_before"] = (await wait_http(port))[1]
 
-            svc.terminate()
-            svc.wait(10)
+            self.stop_service(svc)
             out["errors"] = {}
             for name, call in (("list_pods", rt.list_pods()),
                                ("exec", rt.exec("bm-out", "web", ["true"], 5)),
@@ -246,21 +249,39 @@ class Driver:
             out["after_remove"] = self.leftovers()
         finally:
             await rt.close()
-            svc.terminate()
-            svc.wait(10)
+            self.stop_service(svc)
+
+    def answers(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(self.cfg["socket"])
+                return True
+            except OSError:
+                return False
+
+    def stop_service(self, svc: subprocess.Popen) -> None:
+        """Like an external stop: the re-exec'd podman outlives the one we started, so wait for
+        the socket to die (and kill the group if a streaming request holds it up)."""
+        svc.terminate()
+        svc.wait(10)
+        deadline = time.monotonic() + 3
+        while self.answers() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            os.killpg(svc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def spawn_service(self) -> subprocess.Popen:
         argv = ["podman", *self.cfg["podman_args"], "system", "service", "--time=0",
                 self.endpoint]
-        svc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        svc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(self.cfg["socket"])
-                    return svc
-                except OSError:
-                    time.sleep(0.02)
+            if self.answers():
+                return svc
+            time.sleep(0.02)
         svc.kill()
         raise SystemExit("the podman service did not come up")
 
