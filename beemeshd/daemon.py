@@ -180,6 +180,12 @@ class Daemon:
         self.config = config
 
     async def run(self) -> None:
+        # Catch SIGTERM/SIGINT from the very start: a stop that arrives while we are still
+        # starting up must still end in a clean exit 0, not a default-action death.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await self._run(signals)
+
+    async def _run(self, signals) -> None:
         config = self.config
         activated = systemd.listen_fds("varlink")
         if activated:
@@ -217,7 +223,7 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run, sock)
-                nursery.start_soon(self._stop_on_signal, server, nursery.cancel_scope)
+                nursery.start_soon(self._stop_on_signal, signals, server)
                 nursery.start_soon(self._connect_runtime, node)
                 await nursery.start(agent.run)
                 log.info("beemeshd %s serving %s as peer %s", __version__, node.address, node.identity.peer_id)
@@ -263,10 +269,9 @@ class Daemon:
         await server.stopped.wait()
 
     @staticmethod
-    async def _stop_on_signal(server: VarlinkServer, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("received %s: stopping", signal.Signals(signum).name)
-                systemd.notify("STOPPING=1\nSTATUS=stopping")
-                server.shutdown()
-                break
+    async def _stop_on_signal(signals, server: VarlinkServer) -> None:
+        async for signum in signals:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            systemd.notify("STOPPING=1\nSTATUS=stopping")
+            server.shutdown()
+            break
