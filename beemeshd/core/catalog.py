@@ -1,0 +1,142 @@
+"""The mesh-wide catalog of workloads and where their replicas run (pure).
+
+Every change to a workload — apply, scale, delete, re-placement after a peer died — is a
+`Decision`: the manifest at a generation plus the peer chosen for each replica, with the bids and
+rules that chose them. Decisions travel by gossip; each peer merges them into its catalog with
+one deterministic order (generation, then decision time, then a hash), so peers that saw the same
+decisions agree, whatever order they arrived in — this also settles the duplicates two sides of a
+healed partition may have created: the losing side's replicas are no longer assigned and stop.
+
+Durability: the manifest of a workload is *kept* (persisted) by the k peers closest to it in the
+Kademlia sense — smallest XOR distance between sha256(workload key) and sha256(peer id) among the
+live peers — and by the peers that run its replicas. Any of them can answer for it after the
+peer that took the Deploy is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+Key = tuple[str, str, str]  # (namespace, kind, name)
+HISTORY = 20
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: Key
+    generation: int
+    manifest: dict | None  # None: the workload was deleted (a tombstone)
+    assignments: tuple[tuple[str, str | None], ...]  # (replica, peer id or None = unplaced)
+    rules: tuple[tuple[str, str], ...] = ()  # (replica, why)
+    bids: tuple[dict, ...] = ()  # interface Bid objects, for Explain
+    declined: tuple[tuple[str, str], ...] = ()  # (peer, reason)
+    origin: str = ""
+    decided_usec: int = 0
+    created_usec: int = 0
+    reason: str = "apply"  # apply | scale | delete | heal | dedupe
+
+    def order(self) -> tuple:
+        digest = hashlib.sha256(f"{self.origin}\0{self.decided_usec}\0{self.assignments}".encode()).hexdigest()
+        return (self.generation, self.decided_usec, digest)
+
+    @property
+    def deleted(self) -> bool:
+        return self.manifest is None
+
+    def peer_of(self, replica: str) -> str | None:
+        return dict(self.assignments).get(replica)
+
+    def to_wire(self) -> dict:
+        return {
+            "key": list(self.key), "generation": self.generation, "manifest": self.manifest,
+            "assignments": [list(a) for a in self.assignments], "rules": [list(r) for r in self.rules],
+            "bids": list(self.bids), "declined": [list(d) for d in self.declined], "origin": self.origin,
+            "decidedUSec": self.decided_usec, "createdUSec": self.created_usec, "reason": self.reason,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict) -> "Decision":
+        """Strict: any shape error raises ValueError (the message is then dropped as malformed)."""
+        try:
+            key = tuple(d["key"])
+            if len(key) != 3 or not all(isinstance(x, str) for x in key):
+                raise ValueError("bad key")
+            assignments = tuple((str(r), None if p is None else str(p)) for r, p in d["assignments"])
+            out = cls(key, int(d["generation"]), d["manifest"], assignments,
+                      tuple((str(r), str(w)) for r, w in d.get("rules", ())),
+                      tuple(dict(b) for b in d.get("bids", ())),
+                      tuple((str(p), str(w)) for p, w in d.get("declined", ())),
+                      str(d.get("origin", "")), int(d.get("decidedUSec", 0)), int(d.get("createdUSec", 0)),
+                      str(d.get("reason", "apply")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed decision: {exc}") from None
+        if out.manifest is not None and not isinstance(out.manifest, dict):
+            raise ValueError("malformed decision: manifest is not an object")
+        return out
+
+
+def distance(key: Key, peer_id: str) -> int:
+    a = int.from_bytes(hashlib.sha256("/".join(key).encode()).digest(), "big")
+    b = int.from_bytes(hashlib.sha256(peer_id.encode()).digest(), "big")
+    return a ^ b
+
+
+def holders(key: Key, peers: list[str], k: int) -> list[str]:
+    """The k peers that keep a workload's manifest: closest by XOR distance."""
+    return sorted(set(peers), key=lambda p: distance(key, p))[:k]
+
+
+@dataclass
+class Catalog:
+    self_id: str
+    k: int = 3
+    entries: dict[Key, Decision] = field(default_factory=dict)
+    history: dict[Key, list[Decision]] = field(default_factory=dict)
+
+    def merge(self, d: Decision) -> bool:
+        """Take a decision if it is newer than what we have; True when the catalog changed."""
+        cur = self.entries.get(d.key)
+        if cur is not None and cur.order() >= d.order():
+            return False
+        self.entries[d.key] = d
+        hist = self.history.setdefault(d.key, [])
+        hist.append(d)
+        del hist[:-HISTORY]
+        return True
+
+    def live(self) -> list[Decision]:
+        return [d for d in self.entries.values() if not d.deleted]
+
+    def mine(self) -> list[tuple[Decision, list[str]]]:
+        """Workloads with replicas assigned to this peer, and those replicas."""
+        out = []
+        for d in self.live():
+            replicas = [r for r, p in d.assignments if p == self.self_id]
+            if replicas:
+                out.append((d, replicas))
+        return out
+
+    def keeps(self, key: Key, alive: list[str]) -> bool:
+        """Whether this peer must persist the workload (a holder, or it runs a replica)."""
+        d = self.entries.get(key)
+        if d is None:
+            return False
+        return self.self_id in holders(key, alive + [self.self_id], self.k) or any(
+            p == self.self_id for _, p in d.assignments)
+
+    def orphaned(self, alive: set[str]) -> dict[Key, list[str]]:
+        """Replicas assigned to peers that are not alive (or to nobody), per workload."""
+        out = {}
+        for d in self.live():
+            lost = [r for r, p in d.assignments if p is None or p not in alive]
+            if lost:
+                out[d.key] = lost
+        return out
+
+    def healer(self, key: Key, alive: list[str]) -> str | None:
+        """The one live peer that re-places a workload's orphans: its closest live holder, so
+        every peer that sees the same live set agrees without talking. Two sides of a partition
+        may each heal; `merge` settles that once they see each other's decisions."""
+        hs = holders(key, alive, self.k)
+        return hs[0] if hs else None
