@@ -2,7 +2,7 @@
 PYTHON_VENV ?= /var/lib/beemesh/venv
 PYTEST_ARGS ?=
 
-.PHONY: setup test unit demo bench clean
+.PHONY: setup test unit demo bench rpm clean
 
 setup:            ## install packages, test user, rootless Podman, venv, varlinkctl, local image
 	./scripts/setup.sh
@@ -18,6 +18,10 @@ demo: setup       ## the main job
 
 bench: setup      ## benchmarks; writes bench/RESULTS.md
 	./scripts/bench.sh
+
+rpm:              ## the RPM from the working tree, into rpmbuild/ (git-ignored); then rpmlint
+	./scripts/rpm.sh
+	rpmlint -c packaging/rpmlint.toml rpmbuild/RPMS/noarch/*.rpm beemesh.spec
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

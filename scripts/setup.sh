@@ -2,7 +2,7 @@
 # Prepare this machine (Debian 12, as root) for BeeMesh's demo and tests. Idempotent: a second run
 # only re-installs the project when its sources changed, and finishes in seconds.
 #
-#   - Debian packages (podman + runc, slirp4netns, build deps of systemd-python / fastecdsa, ...)
+#   - Debian packages (podman + runc, slirp4netns, build deps of systemd-python / fastecdsa, rpm, ...)
 #   - the unprivileged test user with subuid/subgid, its runtime dir and rootless Podman config
 #   - a venv built with the system Python, readable by that user, holding beemesh + dependencies
 #   - the real varlinkctl (trixie's systemd, run through its own loader) in .cache/varlinkctl
@@ -27,7 +27,8 @@ fi
 # 1. Debian packages --------------------------------------------------------------------------
 PKGS="podman runc slirp4netns uidmap busybox-static catatonit fuse-overlayfs curl ca-certificates
       python3-venv python3-dev gcc pkg-config libsystemd-dev libgmp-dev build-essential
-      iproute2 procps util-linux make"
+      iproute2 procps util-linux make
+      rpm rpmlint python3-pip python3-packaging"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -115,6 +116,14 @@ if [ "$(cat "$STAMPS/image" 2>/dev/null)" != "$IMAGE" ] || ! asuser podman image
     step "building $IMAGE from busybox-static"
     "$HERE/scripts/build-image.sh"
     echo "$IMAGE" > "$STAMPS/image"
+fi
+
+# 7. journald storage for the RPM test ---------------------------------------------------------
+# `journalctl --user` needs persistent storage (host-setup.md section 6). Only where PID 1 is not
+# systemd; the test starts and stops journald itself.
+if [ "$(cat /proc/1/comm)" != systemd ]; then
+    mkdir -p /etc/systemd/journald.conf.d /var/log/journal
+    printf '[Journal]\nStorage=persistent\n' | write_if_changed /etc/systemd/journald.conf.d/beemesh.conf 0 0
 fi
 
 step "setup done (user $U, venv $VENV)"
