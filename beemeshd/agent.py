@@ -29,7 +29,11 @@ EVENT_FOR_STATE = {"running": "ReplicaRunning", "ready": "ReplicaReady", "failed
 class Agent:
     def __init__(self, runtime: Runtime, store: Store, events: EventBus, *, host_ip: str = "127.0.0.1",
                  backoff: rc.Backoff = rc.Backoff(), interval: float = 1.0, max_parallel: int = 4,
-                 clock: Callable[[], float] = trio.current_time):
+                 clock: Callable[[], float] = trio.current_time, peer_id: str = "", wanted=None):
+        # wanted: () -> iterable of (workload, generation[, replicas]) this peer should run;
+        # default: every replica of every stored workload (a single peer).
+        self.peer_id = peer_id
+        self.wanted = wanted or (lambda: ((r.workload, r.generation) for r in self.store.list()))
         self.runtime = runtime
         self.store = store
         self.events = events
@@ -74,9 +78,9 @@ class Agent:
 
     async def reconcile_once(self) -> None:
         now = self.clock()
-        self.desired = rc.desired_pods(((r.workload, r.generation) for r in self.store.list()), self.host_ip)
+        self.desired = rc.desired_pods(self.wanted(), self.host_ip, self.peer_id)
         try:
-            pods = await self.runtime.list_pods()
+            pods = await self.runtime.list_pods({render.PEER: self.peer_id} if self.peer_id else None)
         except errors.RuntimeUnavailable as exc:
             if self.available is not False:
                 log.warning("container runtime unavailable: %s (pods are left as they are)", exc.reason)

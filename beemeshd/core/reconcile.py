@@ -95,15 +95,23 @@ class Restart:
 Action = Create | Remove | Restart
 
 
-def desired_pods(records: Iterable[tuple[Workload, int]], host_ip: str) -> dict[str, Desired]:
+def desired_pods(records: Iterable[tuple], host_ip: str, peer_id: str = "") -> dict[str, Desired]:
+    """Pods this peer should run. Each record is (workload, generation) — every replica — or
+    (workload, generation, replicas) — only those replica names (the ones placed here)."""
     out = {}
-    for w, generation in records:
+    for record in records:
+        w, generation = record[0], record[1]
+        only = set(record[2]) if len(record) > 2 else None
         if w.template is None:
             continue  # a Service runs nothing
         h = render.template_hash(w)
+        local = 0  # rank among this peer's replicas of the workload: picks its publish address
         for ordinal, replica in enumerate(w.replica_names()):
-            spec = render.render(w, ordinal, generation, host_ip=host_ip, local_index=ordinal)
+            if only is not None and replica not in only:
+                continue
+            spec = render.render(w, ordinal, generation, host_ip=host_ip, local_index=local, peer_id=peer_id)
             out[spec.name] = Desired(w, generation, ordinal, replica, spec, h)
+            local += 1
     return out
 
 

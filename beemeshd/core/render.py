@@ -22,6 +22,9 @@ REPLICA = "io.beemesh.replica"
 ORDINAL = "io.beemesh.ordinal"
 GENERATION = "io.beemesh.generation"
 TEMPLATE_HASH = "io.beemesh.template-hash"
+# The peer that owns the pod: a daemon only ever adopts or removes its own pods, even if another
+# daemon (another peer id) shares the Podman store by mistake.
+PEER = "io.beemesh.peer"
 
 
 def pod_name(namespace: str, replica: str) -> str:
@@ -48,7 +51,8 @@ def publish_ip(base: str, index: int) -> str:
     return base
 
 
-def render(w: Workload, ordinal: int, generation: int, *, host_ip: str, local_index: int = 0) -> PodSpec:
+def render(w: Workload, ordinal: int, generation: int, *, host_ip: str, local_index: int = 0,
+           peer_id: str = "") -> PodSpec:
     assert w.template is not None, "only pod-running kinds are rendered"
     replica = w.replica_names()[ordinal] if w.kind != "Pod" else w.name
     name = pod_name(w.namespace, replica)
@@ -62,6 +66,8 @@ def render(w: Workload, ordinal: int, generation: int, *, host_ip: str, local_in
         GENERATION: str(generation),
         TEMPLATE_HASH: template_hash(w),
     }
+    if peer_id:
+        labels[PEER] = peer_id
     t = w.template
     containers = []
     ports = []
