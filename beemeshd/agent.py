@@ -33,6 +33,7 @@ class Agent:
         # wanted: () -> iterable of (workload, generation[, replicas]) this peer should run;
         # default: every replica of every stored workload (a single peer).
         self.peer_id = peer_id
+        self.remote_ready = lambda key, replica: False  # set by the placement layer
         self.wanted = wanted or (lambda: ((r.workload, r.generation) for r in self.store.list()))
         self.runtime = runtime
         self.store = store
@@ -93,7 +94,7 @@ class Agent:
         self.observed = {p.name: p for p in pods}
         for name, d in self.desired.items():
             rc.observe(self._mem(name), self.observed.get(name), now, self.backoff)
-        for action in rc.plan(self.desired, self.observed, self.memory, now):
+        for action in rc.plan(self.desired, self.observed, self.memory, now, self.remote_ready):
             self._spawn(action)
         self._schedule_probes(now)
         self._publish_transitions(now)

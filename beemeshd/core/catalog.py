@@ -25,7 +25,7 @@ HISTORY = 20
 @dataclass(frozen=True)
 class Decision:
     key: Key
-    generation: int
+    generation: int  # of the workload's spec (apply, scale, delete)
     manifest: dict | None  # None: the workload was deleted (a tombstone)
     assignments: tuple[tuple[str, str | None], ...]  # (replica, peer id or None = unplaced)
     rules: tuple[tuple[str, str], ...] = ()  # (replica, why)
@@ -34,11 +34,12 @@ class Decision:
     origin: str = ""
     decided_usec: int = 0
     created_usec: int = 0
-    reason: str = "apply"  # apply | scale | delete | heal | dedupe
+    reason: str = "apply"  # apply | scale | delete | heal
+    revision: int = 0  # re-placements within one generation (healing after a peer died)
 
     def order(self) -> tuple:
         digest = hashlib.sha256(f"{self.origin}\0{self.decided_usec}\0{self.assignments}".encode()).hexdigest()
-        return (self.generation, self.decided_usec, digest)
+        return (self.generation, self.revision, self.decided_usec, digest)
 
     @property
     def deleted(self) -> bool:
@@ -53,6 +54,7 @@ class Decision:
             "assignments": [list(a) for a in self.assignments], "rules": [list(r) for r in self.rules],
             "bids": list(self.bids), "declined": [list(d) for d in self.declined], "origin": self.origin,
             "decidedUSec": self.decided_usec, "createdUSec": self.created_usec, "reason": self.reason,
+            "revision": self.revision,
         }
 
     @classmethod
@@ -68,7 +70,7 @@ class Decision:
                       tuple(dict(b) for b in d.get("bids", ())),
                       tuple((str(p), str(w)) for p, w in d.get("declined", ())),
                       str(d.get("origin", "")), int(d.get("decidedUSec", 0)), int(d.get("createdUSec", 0)),
-                      str(d.get("reason", "apply")))
+                      str(d.get("reason", "apply")), int(d.get("revision", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed decision: {exc}") from None
         if out.manifest is not None and not isinstance(out.manifest, dict):

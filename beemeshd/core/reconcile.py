@@ -196,7 +196,9 @@ def _should_restart(policy: str, exit_code: int | None) -> bool:
 
 
 def plan(desired: dict[str, Desired], observed: dict[str, ObservedPod], memory: dict[str, ReplicaMemory],
-         now: float) -> list[Action]:
+         now: float, remote_ready=lambda key, replica: False) -> list[Action]:
+    """remote_ready(workload key, replica name): whether a replica running on another peer is
+    ready (StatefulSet OrderedReady spans peers)."""
     actions: list[Action] = []
     mem = lambda pod: memory.setdefault(pod, ReplicaMemory())  # noqa: E731
 
@@ -228,9 +230,12 @@ def plan(desired: dict[str, Desired], observed: dict[str, ObservedPod], memory: 
                     continue
                 w = d.workload
                 if w.is_stateful and w.pod_management_policy != "Parallel" and d.ordinal > 0:
-                    prev = replicas[d.ordinal - 1]
-                    if not is_ready(prev, observed.get(prev.pod), mem(prev.pod)):
-                        m.message = f"waiting for {prev.replica} to be ready (OrderedReady)"
+                    prev_name = w.replica_names()[d.ordinal - 1]
+                    prev = next((x for x in replicas if x.replica == prev_name), None)
+                    ok = (is_ready(prev, observed.get(prev.pod), mem(prev.pod)) if prev is not None
+                          else remote_ready(w.key, prev_name))
+                    if not ok:
+                        m.message = f"waiting for {prev_name} to be ready (OrderedReady)"
                         continue
                 actions.append(Create(d))
                 continue

@@ -57,6 +57,7 @@ class PeerState:
     images: frozenset[str] | None = None  # None: unknown (assume pullable)
     host_ports_in_use: frozenset[tuple[int, str]] = frozenset()
     loopback_publishing: bool = True  # replicas of one workload get their own 127.x address
+    runtime_available: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ def evaluate(task: Task, me: PeerState, *, policy_denial: str | None = None) -> 
 
     if policy_denial:
         return decline(f"policy: {policy_denial}")
+    if not me.runtime_available:
+        return decline("container runtime unavailable")
     labels = dict(me.labels)
     for key, value in task.node_selector:
         if labels.get(key) != value:

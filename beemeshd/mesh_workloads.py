@@ -1,0 +1,324 @@
+"""Workload operations behind the Varlink methods: apply, get, list, delete, scale, logs, wait.
+
+Any peer answers any of them: changes become placement decisions (beemeshd/placement.py) that
+the whole mesh sees; views join the decision with the replica status each runner reports (this
+peer's own replicas come straight from its agent). Admission (parse, name clashes) happens before
+anything is decided, so a refused Deploy changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from types import SimpleNamespace
+
+import trio
+
+from beemeshd import errors
+from beemeshd.agent import Agent
+from beemeshd.core import render
+from beemeshd.core.catalog import Decision
+from beemeshd.core.manifest import parse_manifests
+from beemeshd.events import EventBus
+from beemeshd.placement import Placement, STATUS_REFRESH
+from beemeshd.runtime.base import Runtime
+
+log = logging.getLogger("beemeshd.workloads")
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class Workloads:
+    def __init__(self, placement: Placement, agent: Agent, runtime: Runtime, events: EventBus, peer_id: str,
+                 runtime_status=None):
+        # runtime_status: async () -> RuntimeStatus; the daemon's, so GetInfo sees what we saw.
+        self.runtime_status = runtime_status or runtime.status
+        self.placement = placement
+        self.agent = agent
+        self.runtime = runtime
+        self.events = events
+        self.peer_id = peer_id
+
+    # -- views -------------------------------------------------------------------------------------
+    def rows(self, d: Decision) -> list[dict]:
+        """Replica rows (interface type Replica) by ordinal, wherever they run."""
+        w = self.placement.workload(d)
+        local = {r["name"]: r for r in self.agent.replicas(SimpleNamespace(workload=w), self.peer_id)}
+        remote = self.placement.status.get(d.key, {})
+        alive = set(self.placement.alive())
+        rows = []
+        for ordinal, (replica, peer) in enumerate(d.assignments):
+            row = None
+            if peer == self.peer_id:
+                row = local.get(replica)
+            elif peer in alive and replica in remote and remote[replica][0] == peer:
+                row = {k: v for k, v in remote[replica][1].items() if k != "ports"}
+            if row is None:
+                if peer is None:
+                    message = "no peer can run it: " + "; ".join(f"{p[-8:]}: {r}" for p, r in d.declined)[:400]
+                elif peer not in alive and w.is_stateful:
+                    message = (f"its peer {peer} is dead; StatefulSet replicas are not moved before "
+                               "leases exist (issue 9)")
+                elif peer not in alive:
+                    message = f"its peer {peer} is dead; being placed again"
+                else:
+                    message = f"placed on {peer}; waiting for its status"
+                row = {"name": replica, "ordinal": ordinal, "peer": peer, "state": "pending", "ready": False,
+                       "restarts": 0, "podId": None, "generation": d.generation, "message": message,
+                       "containers": [], "lease": None}
+            rows.append(row)
+        return rows
+
+    def view(self, d: Decision) -> dict:
+        w = self.placement.workload(d)
+        rows = self.rows(d) if w.template is not None else []
+        ports = []
+        for dp in self.agent.desired.values():
+            if dp.workload.key == w.key and dp.pod in self.agent.observed:
+                ports += [_port(dp.replica, p.host_ip, p.host_port, p.container_port, p.protocol) for p in dp.spec.ports]
+        for replica, (peer, row, _) in self.placement.status.get(d.key, {}).items():
+            if d.peer_of(replica) == peer and peer != self.peer_id:
+                ports += [dict(p) for p in row.get("ports", ())]
+        return {
+            "kind": w.kind, "name": w.name, "namespace": w.namespace, "generation": d.generation,
+            "replicas": w.replicas if w.template is not None else 0,
+            "readyReplicas": sum(1 for r in rows if r["ready"] and r.get("generation") == d.generation),
+            "manifest": w.manifest, "createdUSec": d.created_usec, "updatedUSec": d.decided_usec,
+            "replicaStatus": rows, "ports": sorted(ports, key=lambda p: (p["replica"], p["hostPort"])),
+            "origin": d.origin,
+        }
+
+    def get(self, name: str, namespace: str | None, kind: str | None) -> dict:
+        return self.view(self.placement.find(name, namespace or "default", kind))
+
+    def list(self, namespace: str | None, kind: str | None) -> list[dict]:
+        ds = sorted(self.placement.catalog.live(), key=lambda d: d.key)
+        return [self.view(d) for d in ds if (namespace is None or d.key[0] == namespace)
+                and (kind is None or d.key[1] == kind)]
+
+    def explain(self, name: str, namespace: str | None) -> dict:
+        d = self.placement.find(name, namespace or "default")
+        history = [x for x in self.placement.catalog.history.get(d.key, []) if x is not d]
+        return {"workload": self.view(d), "decisions": _decisions(d),
+                "history": [p for x in history if not x.deleted for p in _decisions(x)]}
+
+    # -- changes -----------------------------------------------------------------------------------
+    async def deploy(self, *, manifest, yaml, namespace, wait, timeout, dry_run) -> list[dict]:
+        if (manifest is None) == (yaml is None):
+            raise errors.InvalidParameter("manifest", "give exactly one of 'manifest' and 'yaml'")
+        workloads = parse_manifests(manifest if manifest is not None else yaml)
+        if namespace:
+            workloads = [_with_namespace(w, namespace) for w in workloads]
+        if dry_run:
+            return [self.view(Decision(w.key, 0, w.manifest, tuple((r, None) for r in w.replica_names()),
+                                       origin=self.peer_id)) for w in workloads]
+        await self.runtime_status()  # fresh availability for our own bid
+        results = []
+        for w in workloads:
+            d = await self._apply(w, "apply")
+            results.append(d)
+        if wait:
+            await self.wait_ready([d.key for d in results], timeout, "Deploy wait")
+        return [self.view(self.placement.catalog.entries[d.key]) for d in results]
+
+    async def _apply(self, w, reason: str) -> Decision:
+        try:
+            d, outcome = await self.placement.apply(w, reason=reason)
+        except errors.NoCapacity:
+            st = await self.runtime_status()
+            if not st.available and self.placement.alive() == [self.peer_id]:
+                # Alone, and our own runtime is down: that is the whole story.
+                raise errors.RuntimeUnavailable(st.last_error or "the runtime does not answer", st.endpoint) from None
+            raise
+        if outcome != "unchanged":
+            log.info("%s %s %s/%s (generation %d)", outcome, w.kind, w.namespace, w.name, d.generation)
+        return d
+
+    async def delete(self, name, namespace, kind, wait, timeout) -> dict:
+        d = self.placement.find(name, namespace or "default", kind)
+        view = self.view(d)
+        await self.placement.delete(d)
+        def gone():
+            alive = set(self.placement.alive())
+            return not self.agent.pods_of(d.key) and not any(
+                peer in alive for peer, _, _ in self.placement.status.get(d.key, {}).values())
+
+        if wait:
+            await self._wait(gone,
+                             timeout, "Delete wait",
+                             lambda: f"{len(self.agent.pods_of(d.key)) + len(self.placement.status.get(d.key, {}))} "
+                                     "pod(s) left")
+        return view
+
+    async def scale(self, name, namespace, replicas, wait, timeout) -> dict:
+        if not 0 <= replicas <= 1000:
+            raise errors.InvalidParameter("replicas", "must be 0 … 1000")
+        d = self.placement.find(name, namespace or "default")
+        w = self.placement.workload(d)
+        if w.kind not in ("Deployment", "StatefulSet"):
+            raise errors.InvalidParameter("name", f"{w.kind} cannot be scaled")
+        if w.replicas != replicas:
+            manifest = {**w.manifest, "spec": {**w.manifest.get("spec", {}), "replicas": replicas}}
+            await self.runtime_status()
+            d = await self._apply(replace(w, replicas=replicas, manifest=manifest), "scale")
+        if wait:
+            await self.wait_ready([d.key], timeout, "Scale wait")
+        return self.view(self.placement.catalog.entries[d.key])
+
+    # -- waiting -----------------------------------------------------------------------------------
+    def _progress(self, key) -> tuple[int, int, bool]:
+        d = self.placement.catalog.entries.get(key)
+        if d is None or d.deleted:
+            return 0, 0, True
+        rows = self.rows(d)
+        ready = sum(1 for r in rows if r["ready"] and r.get("generation") == d.generation)
+        # settled: no pod of it left over anywhere (scaled away, replaced, or on a peer it left)
+        assigned = dict(d.assignments)
+        alive = set(self.placement.alive())  # a dead peer's last report says nothing any more
+        settled = all(n in self.agent.desired for n in self.agent.pods_of(key)) and all(
+            assigned.get(replica) == peer for replica, (peer, _, _) in self.placement.status.get(key, {}).items()
+            if peer in alive)
+        return ready, len(rows), settled
+
+    async def wait_ready(self, keys, timeout, operation) -> None:
+        def done():
+            return all(r >= n and settled for r, n, settled in map(self._progress, keys))
+
+        def detail():
+            return "; ".join(f"{k[1]} {k[0]}/{k[2]}: {r} of {n} replicas ready"
+                             for k, (r, n, _) in zip(keys, map(self._progress, keys)))
+
+        await self._wait(done, timeout, operation, detail)
+
+    async def _wait(self, done, timeout, operation, detail) -> None:
+        timeout = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
+        with trio.move_on_after(timeout):
+            while not done():
+                await trio.sleep(0.05)
+            return
+        raise errors.Timeout(operation, timeout, detail())
+
+    # -- status reports (runner side) --------------------------------------------------------------
+    async def status_loop(self) -> None:
+        """Tell the mesh how this peer's replicas are doing: on every change, and every
+        STATUS_REFRESH seconds; an empty report once a workload's pods here are gone."""
+        last: dict = {}
+        sent_at: dict = {}
+        while True:
+            await self.agent.changed()
+            now = trio.current_time()
+            mine = {d.key: d for d, _ in self.placement.catalog.mine()}
+            keys = set(mine) | {k for k in last if last[k]} | self._keys_with_pods()
+            for key in keys:
+                d = mine.get(key) or self.placement.catalog.entries.get(key)
+                rows = self._local_rows(key, d)
+                if rows == last.get(key) and now - sent_at.get(key, -1e9) < STATUS_REFRESH:
+                    continue
+                try:
+                    await self.placement.publish_status(key, d.generation if d else 0, rows)
+                except Exception as exc:  # the mesh may be down; the next pass retries
+                    log.debug("status report failed: %s", exc)
+                    continue
+                last[key], sent_at[key] = rows, now
+
+    def _keys_with_pods(self) -> set:
+        return {(p.labels.get(render.NAMESPACE), p.labels.get(render.KIND), p.labels.get(render.WORKLOAD))
+                for p in self.agent.observed.values()}
+
+    def _local_rows(self, key, d) -> list[dict]:
+        if d is None or d.deleted:
+            w = SimpleNamespace(key=key)
+        else:
+            w = self.placement.workload(d)
+        rows = self.agent.replicas(SimpleNamespace(workload=w), self.peer_id)
+        ports = {}
+        for dp in self.agent.desired.values():
+            if dp.workload.key == key and dp.pod in self.agent.observed:
+                ports[dp.replica] = [_port(dp.replica, p.host_ip, p.host_port, p.container_port, p.protocol)
+                                     for p in dp.spec.ports]
+        return [{**r, "ports": ports.get(r["name"], [])} for r in rows]
+
+    # -- logs --------------------------------------------------------------------------------------
+    def log_sources(self, name, namespace, replica, container) -> list[tuple[str, str, str]]:
+        """(podman pod, replica, container) triples to read, checked before streaming starts.
+        Only replicas running on this peer; others are named in the error."""
+        d = self.placement.find(name, namespace or "default")
+        w = self.placement.workload(d)
+        if w.template is None:
+            raise errors.InvalidParameter("name", f"{w.kind} {name} has no pods")
+        names = [c.name for c in w.template.containers]
+        if replica is not None and d.peer_of(replica) not in (None, self.peer_id):
+            raise errors.PeerUnreachable(d.peer_of(replica), f"{replica} runs on that peer: call Logs there")
+        if container is not None and container not in names:
+            raise errors.InvalidParameter("container", f"{name} has no container {container}")
+        out = []
+        for d in sorted(self.agent.desired.values(), key=lambda d: d.ordinal):
+            if d.workload.key != w.key or (replica is not None and d.replica != replica):
+                continue
+            if d.pod in self.agent.observed:
+                out += [(d.pod, d.replica, c) for c in names if container in (None, c)]
+        if replica is not None and not any(r == replica for _, r, _ in out):
+            raise errors.InvalidParameter("replica", f"{replica} is not a running replica of {name}")
+        return out
+
+    async def logs(self, sources, tail, follow) -> AsyncIterator[dict]:
+        """Lines of every source; with follow, merged as they come.
+
+        Follow readers run in the agent's nursery (no nursery inside this generator: it yields
+        to the Varlink server), each under its own cancel scope that closing the stream cancels."""
+        if not follow:
+            for pod, replica, container in sources:
+                async for e in self.runtime.logs(pod, container, tail=tail, follow=False):
+                    yield _log_line(replica, container, e)
+            return
+        send, receive = trio.open_memory_channel(256)
+        scopes = [trio.CancelScope() for _ in sources]
+        try:
+            for scope, (pod, replica, container) in zip(scopes, sources):
+                self.agent.spawn(self._pump, scope, pod, replica, container, tail, send.clone())
+            send.close()
+            async with receive:
+                async for line in receive:
+                    yield line
+        finally:
+            for scope in scopes:
+                scope.cancel()
+
+    async def _pump(self, scope, pod, replica, container, tail, send) -> None:
+        with scope:
+            async with send:
+                try:
+                    async for e in self.runtime.logs(pod, container, tail=tail, follow=True):
+                        await send.send(_log_line(replica, container, e))
+                except (errors.RuntimeUnavailable, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+
+def _log_line(replica, container, e) -> dict:
+    return {"replica": replica, "container": container, "stream": e.stream, "timestampUSec": e.timestamp_usec,
+            "line": e.line}
+
+
+def _port(replica, host_ip, host_port, container_port, protocol) -> dict:
+    return {"replica": replica, "hostIP": host_ip, "hostPort": host_port, "containerPort": container_port,
+            "protocol": protocol.upper()}
+
+
+def _decisions(d: Decision) -> list[dict]:
+    rules = dict(d.rules)
+    declined = [{"peer": p, "reason": r} for p, r in d.declined]
+    return [{"replica": r, "peer": p, "rule": rules.get(r, ""), "bids": list(d.bids), "declined": declined,
+             "decidedUSec": d.decided_usec} for r, p in d.assignments]
+
+
+def _with_namespace(w, namespace):
+    from dataclasses import replace
+
+    if w.manifest.get("metadata", {}).get("namespace"):
+        return w
+    manifest = dict(w.manifest)
+    manifest["metadata"] = {**manifest.get("metadata", {}), "namespace": namespace}
+    return replace(w, namespace=namespace, manifest=manifest)
+
+

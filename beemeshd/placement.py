@@ -1,0 +1,399 @@
+"""Placement over the mesh: announce, bid, decide, spread the decision, heal (no control plane).
+
+- A Deploy/Scale/Delete on any peer becomes a `Decision` (core/catalog.py). For replicas that
+  need a peer, that peer announces a `Task` on beemesh/tasks; every peer evaluates it
+  (core/scheduler.py) and answers a signed bid or decline on beemesh/bids; after all live peers
+  answered (or `window` seconds) the announcing peer runs `choose()` and gossips the decision on
+  beemesh/events, bids and rules included (Explain shows them). Every peer merges decisions into
+  its catalog in one deterministic order; the peers a replica is assigned to run it.
+- Runners gossip their replicas' status, so Get/List/Watch answer from any peer.
+- Healing: when the failure detector declares a peer dead, the workload's healer (its closest
+  live holder) places that peer's stateless replicas again among the survivors. StatefulSet
+  replicas are not moved (they wait for leases, issue 9) and say so.
+- Anti-entropy: every SYNC_INTERVAL a peer swaps catalog digests with a random live peer, so a
+  restarted or partitioned peer catches up on decisions it missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+
+import trio
+
+from beemeshd import errors
+from beemeshd.core import scheduler as sch
+from beemeshd.core.catalog import Catalog, Decision, Key
+from beemeshd.core.manifest import parse_manifest
+from beemeshd.core.protocol import TOPIC_BIDS, TOPIC_EVENTS, TOPIC_TASKS
+from beemeshd.events import EventBus, make_event
+from beemeshd.model import Workload
+
+log = logging.getLogger("beemeshd.placement")
+
+PROTO_CATALOG = "/beemesh/catalog/1"
+SYNC_INTERVAL = 3.0
+HEAL_INTERVAL = 1.0
+STATUS_REFRESH = 10.0
+
+
+def now_usec() -> int:
+    return time.time_ns() // 1000
+
+
+def key_str(key: Key) -> str:
+    return "/".join(key)
+
+
+class Placement:
+    def __init__(self, mesh, catalog: Catalog, events: EventBus, *, self_state: Callable[[], sch.PeerState],
+                 window: float = 0.25, on_change: Callable[[], None] = lambda: None,
+                 persist: Callable[[Catalog], None] = lambda c: None):
+        self.mesh = mesh
+        self.catalog = catalog
+        self.events = events
+        self.self_state = self_state
+        self.window = window
+        self.on_change = on_change  # e.g. poke the agent
+        self.persist = persist
+        self.peer_id = catalog.self_id
+        # remote replica status: key -> replica -> (peer, row, generation)
+        self.status: dict[Key, dict[str, tuple[str, dict, int]]] = {}
+        self._answers: dict[str, dict[str, sch.Bid | sch.Decline]] = {}
+        self._answered = trio.Event()
+        self._changed = trio.Event()
+        self._parsed: dict[tuple[Key, int], Workload] = {}
+        self._heal_tried: dict[Key, tuple] = {}
+        self._status_seq: dict[tuple, int] = {}
+        self._seq = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.mesh.handle(PROTO_CATALOG, self._handle_catalog)
+        tasks, bids, events = (self.mesh.subscribe(t) for t in (TOPIC_TASKS, TOPIC_BIDS, TOPIC_EVENTS))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._consume, tasks, self._on_task)
+            nursery.start_soon(self._consume, bids, self._on_bid)
+            nursery.start_soon(self._consume, events, self._on_event)
+            nursery.start_soon(self._heal_loop)
+            nursery.start_soon(self._sync_loop)
+            task_status.started()
+
+    async def _consume(self, stream, handler) -> None:
+        async for env in stream:
+            try:
+                await handler(env)
+            except (ValueError, KeyError, TypeError) as exc:  # well signed, badly shaped
+                self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
+                log.debug("dropped %s from %s: %s", env.topic, env.sender, exc)
+
+    def changed(self) -> trio.Event:
+        return self._changed
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        self.on_change()
+
+    # -- queries -----------------------------------------------------------------------------------
+    def alive(self) -> list[str]:
+        return sorted(p.peer_id for p in self.mesh.peers() if p.state in ("self", "alive", "suspect"))
+
+    def workload(self, d: Decision) -> Workload:
+        """The parsed manifest of a decision (cached per generation)."""
+        k = (d.key, d.generation)
+        w = self._parsed.get(k)
+        if w is None:
+            w = self._parsed[k] = parse_manifest(d.manifest)
+            for old in [x for x in self._parsed if x[0] == d.key and x[1] < d.generation]:
+                del self._parsed[old]
+        return w
+
+    def wanted(self):
+        """What the local agent should run: (workload, generation, replica names)."""
+        for d, replicas in self.catalog.mine():
+            try:
+                yield self.workload(d), d.generation, replicas
+            except errors.InvalidManifest as exc:  # a peer with a newer schema sent it
+                log.error("cannot run %s: %s", key_str(d.key), exc)
+
+    def remote_ready(self, key: Key, replica: str) -> bool:
+        """Whether a replica on another peer reported itself ready at the current generation."""
+        d = self.catalog.entries.get(key)
+        entry = self.status.get(key, {}).get(replica)
+        return (d is not None and entry is not None and entry[0] == d.peer_of(replica)
+                and entry[1].get("ready") is True and entry[2] == d.generation)
+
+    def find(self, name: str, namespace: str, kind: str | None = None) -> Decision:
+        matches = [d for d in self.catalog.live()
+                   if d.key[0] == namespace and d.key[2] == name and (kind is None or d.key[1] == kind)]
+        if not matches:
+            raise errors.WorkloadNotFound(name, namespace)
+        matches.sort(key=lambda d: d.key[1] == "Service")  # the workload wins over its Service
+        return matches[0]
+
+    # -- changes (on the peer that took the call) --------------------------------------------------
+    async def apply(self, w: Workload, *, reason: str = "apply") -> tuple[Decision, str]:
+        cur = self.catalog.entries.get(w.key)
+        if cur is not None and cur.deleted:
+            cur_w = None
+        else:
+            cur_w = self.workload(cur) if cur is not None else None
+        if cur_w is not None and cur_w == w:
+            return cur, "unchanged"
+        for other in ("Pod", "Deployment", "StatefulSet"):
+            if w.kind in ("Pod", "Deployment", "StatefulSet") and other != w.kind:
+                clash = self.catalog.entries.get((w.namespace, other, w.name))
+                if clash is not None and not clash.deleted:
+                    raise errors.InvalidManifest("metadata.name", f"{other} {w.namespace}/{w.name} already exists; "
+                                                 "its pods would share names")
+        generation = cur.generation + 1 if cur is not None else 1
+        alive = set(self.alive())
+        keep = {r: p for r, p in (cur.assignments if cur is not None and cur_w is not None else ())
+                if p in alive}
+        replicas = list(w.replica_names())
+        keep = {r: p for r, p in keep.items() if r in replicas}
+        todo = [r for r in replicas if r not in keep]
+        placed, rules, bids, declined = {}, {}, [], []
+        if todo:
+            placed, rules, bids, declined = await self._auction(w, todo)
+            if not keep and not any(placed.values()):
+                raise errors.NoCapacity(w.name, [{"peer": p, "reason": r} for p, r in declined]
+                                        or [{"peer": self.peer_id, "reason": "no peer answered"}])
+        for r in keep:
+            rules[r] = "kept: already runs there"
+        created = cur.created_usec if cur is not None and cur_w is not None else now_usec()
+        d = Decision(w.key, generation, w.manifest, tuple((r, keep.get(r) or placed.get(r)) for r in replicas),
+                     tuple((r, rules.get(r, "")) for r in replicas), tuple(bids), tuple(declined), self.peer_id,
+                     now_usec(), created, reason)
+        await self.commit(d)
+        return d, "created" if cur_w is None else "configured"
+
+    async def delete(self, d: Decision) -> Decision:
+        tomb = Decision(d.key, d.generation + 1, None, (), origin=self.peer_id, decided_usec=now_usec(),
+                        created_usec=d.created_usec, reason="delete")
+        await self.commit(tomb)
+        return tomb
+
+    async def commit(self, d: Decision) -> None:
+        self._merge(d)
+        await self.mesh.publish(TOPIC_EVENTS, {"type": "decision", "decision": d.to_wire()})
+
+    # -- the auction -------------------------------------------------------------------------------
+    async def _auction(self, w: Workload, replicas: list[str]):
+        cpu, mem = w.template.requests()
+        ports = tuple(sorted({(p.host_port, p.protocol.lower()) for c in w.template.containers
+                              for p in c.ports if p.host_port}))
+        task = sch.Task(uuid.uuid4().hex, key_str(w.key), 0, tuple(replicas), cpu, mem, ports,
+                        w.template.node_selector, tuple(sorted({c.image for c in w.template.containers})),
+                        self.peer_id)
+        answers = self._answers[task.task_id] = {self.peer_id: sch.evaluate(task, self.self_state())}
+        expected = set(self.alive()) - {self.peer_id}
+        try:
+            if expected:
+                await self.mesh.publish(TOPIC_TASKS, {"type": "task", "task": _task_wire(task)})
+                with trio.move_on_after(self.window):
+                    while not expected <= answers.keys():
+                        await self._answered.wait()
+        finally:
+            del self._answers[task.task_id]
+        bids = [a for a in answers.values() if isinstance(a, sch.Bid)]
+        declined = sorted((a.peer_id, a.reason) for a in answers.values() if isinstance(a, sch.Decline))
+        declined += [(p, "did not answer in time") for p in sorted(expected - answers.keys())]
+        decision = sch.choose(task, bids)
+        placed = decision.peers()
+        rules = {p.replica: p.rule for p in decision.placements}
+        bid_views = [_bid_view(b, verified=True) for b in sch.rank(task.task_id, bids)]
+        return placed, rules, bid_views, declined
+
+    async def _on_task(self, env) -> None:
+        t = env.payload["task"]
+        if env.payload.get("type") != "task" or env.sender == self.peer_id or t["origin"] != env.sender:
+            return
+        task = _task_from_wire(t)
+        answer = sch.evaluate(task, self.self_state())
+        if isinstance(answer, sch.Bid):
+            body = {"type": "bid", "taskId": task.task_id, "capacity": answer.capacity, "fit": answer.fit,
+                    "locality": answer.locality, "reliability": answer.reliability, "trust": answer.trust}
+        else:
+            body = {"type": "decline", "taskId": task.task_id, "reason": answer.reason}
+        await self.mesh.publish(TOPIC_BIDS, body)
+
+    async def _on_bid(self, env) -> None:
+        p = env.payload
+        answers = self._answers.get(p["taskId"])
+        if answers is None or env.sender == self.peer_id:
+            return  # not our auction (or over)
+        if p["type"] == "bid":
+            parts = [float(p[k]) for k in ("fit", "locality", "reliability", "trust")]
+            if not all(0.0 <= x <= 1.0 for x in parts) or int(p["capacity"]) < 0:
+                raise ValueError("bid out of range")
+            # The sender is authenticated by its envelope signature: a bid cannot speak for others.
+            answers[env.sender] = sch.Bid(env.sender, p["taskId"], int(p["capacity"]), *parts)
+        elif p["type"] == "decline":
+            answers[env.sender] = sch.Decline(env.sender, p["taskId"], str(p["reason"])[:300])
+        self._answered.set()
+        self._answered = trio.Event()
+
+    # -- decisions and status ----------------------------------------------------------------------
+    async def _on_event(self, env) -> None:
+        p = env.payload
+        if p.get("type") == "decision":
+            d = Decision.from_wire(p["decision"])
+            if d.origin != env.sender:
+                raise ValueError("decision not signed by its origin")
+            if env.sender != self.peer_id:
+                self._merge(d)
+        elif p.get("type") == "status" and env.sender != self.peer_id:
+            key = tuple(p["key"])
+            # Gossip does not keep order: a report older than one already applied is stale.
+            seq = int(p["seq"])
+            if seq <= self._status_seq.get((key, env.sender), -1):
+                return
+            self._status_seq[(key, env.sender)] = seq
+            table = self.status.setdefault(key, {})
+            before = {r: row.get("state") for r, (peer, row, _) in table.items() if peer == env.sender}
+            for name in before:
+                del table[name]  # the sender's report replaces all it said before
+            for row in p["rows"]:
+                table[str(row["name"])] = (env.sender, dict(row), int(p["generation"]))
+                self._row_event(key, env.sender, row, before.get(str(row["name"])))
+            self._signal()
+
+    def _merge(self, d: Decision) -> None:
+        before = self.catalog.entries.get(d.key)
+        if not self.catalog.merge(d):
+            return
+        self.persist(self.catalog)
+        ns, _, name = d.key
+        if d.deleted:
+            self.events.publish(make_event("Deleted", namespace=ns, name=name, generation=d.generation))
+        elif before is None or before.deleted:
+            self.events.publish(make_event("Added", namespace=ns, name=name, generation=d.generation,
+                                           message=f"by {d.origin}"))
+        elif before.generation != d.generation:
+            self.events.publish(make_event("Updated", namespace=ns, name=name, generation=d.generation,
+                                           message=d.reason))
+        old = dict(before.assignments) if before is not None else {}
+        for replica, peer in d.assignments:
+            if peer is not None and old.get(replica) != peer:
+                self.events.publish(make_event("ReplicaPlaced", namespace=ns, name=name, replica=replica, peer=peer,
+                                               generation=d.generation, message=dict(d.rules).get(replica)))
+        self._signal()
+
+    async def publish_status(self, key: Key, generation: int, rows: list[dict]) -> None:
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)  # increasing across restarts too
+        await self.mesh.publish(TOPIC_EVENTS, {"type": "status", "key": list(key), "generation": generation,
+                                               "seq": self._seq, "rows": rows})
+
+    def _row_event(self, key: Key, peer: str, row: dict, before: str | None) -> None:
+        """Watch events for a remote replica's state changes (local ones come from the agent)."""
+        names = {"running": "ReplicaRunning", "ready": "ReplicaReady", "failed": "ReplicaFailed"}
+        ev = names.get(row.get("state"))
+        if ev and row.get("state") != before:
+            self.events.publish(make_event(ev, namespace=key[0], name=key[2], replica=str(row["name"]), peer=peer,
+                                           generation=row.get("generation"), message=row.get("message")))
+
+    # -- healing and anti-entropy ------------------------------------------------------------------
+    async def _heal_loop(self) -> None:
+        while True:
+            await trio.sleep(HEAL_INTERVAL)
+            try:
+                await self.heal_once()
+            except (errors.BeeMeshError, trio.BrokenResourceError) as exc:
+                log.warning("healing failed: %s", exc)
+
+    async def heal_once(self) -> None:
+        alive = self.alive()
+        for key, lost in self.catalog.orphaned(set(alive)).items():
+            d = self.catalog.entries[key]
+            if key[1] == "StatefulSet" or self.catalog.healer(key, alive) != self.peer_id:
+                continue
+            attempt = (d.order(), tuple(alive))
+            if self._heal_tried.get(key) == attempt:
+                continue  # nothing changed since the last try (e.g. still no capacity)
+            self._heal_tried[key] = attempt
+            w = self.workload(d)
+            placed, rules, bids, declined = await self._auction(w, lost)
+            if not any(placed.values()):
+                continue
+            old = dict(d.assignments)
+            assignments = tuple((r, placed.get(r) if r in lost else old[r]) for r, _ in d.assignments)
+            all_rules = dict(d.rules)
+            for r in lost:
+                was = old.get(r)
+                all_rules[r] = f"re-placed: {was or 'unplaced'} {'is dead' if was else ''}; {rules.get(r, '')}".strip()
+            healed = replace(d, assignments=assignments, rules=tuple(all_rules.items()), bids=tuple(bids),
+                             declined=tuple(declined), origin=self.peer_id, decided_usec=now_usec(),
+                             reason="heal", revision=d.revision + 1)
+            log.info("re-placing %s of %s: %s", ", ".join(lost), key_str(key),
+                     ", ".join(f"{r}->{placed.get(r)}" for r in lost))
+            await self.commit(healed)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            others = [p for p in self.alive() if p != self.peer_id]
+            if others:
+                peer = others[int(trio.current_time() * 1000) % len(others)]
+                try:
+                    reply = await self.mesh.request(peer, PROTO_CATALOG, {"have": self._digest()}, 5.0)
+                    for wire in reply.get("decisions", ()):
+                        self._merge(Decision.from_wire(wire))
+                except (errors.PeerUnreachable, ValueError) as exc:
+                    log.debug("catalog sync with %s failed: %s", peer, exc)
+                except Exception as exc:  # RemoteError and transport errors: try another peer later
+                    log.debug("catalog sync with %s failed: %s", peer, exc)
+            await trio.sleep(SYNC_INTERVAL)
+
+    def _digest(self) -> dict:
+        return {key_str(k): list(d.order()[:3]) for k, d in self.catalog.entries.items()}
+
+    async def _handle_catalog(self, env) -> dict:
+        have = env.payload.get("have", {})
+        if not isinstance(have, dict):
+            raise ValueError("bad digest")
+        out = []
+        for k, d in self.catalog.entries.items():
+            theirs = have.get(key_str(k))
+            if not isinstance(theirs, list) or tuple(theirs) < d.order()[:3]:
+                out.append(d.to_wire())
+        return {"decisions": out[:500]}
+
+
+def _task_wire(t: sch.Task) -> dict:
+    return {"taskId": t.task_id, "workload": t.workload, "replicas": list(t.replicas), "cpuMillis": t.cpu_millis,
+            "memoryBytes": t.memory_bytes, "hostPorts": [list(p) for p in t.host_ports],
+            "nodeSelector": [list(p) for p in t.node_selector], "images": list(t.images), "origin": t.origin}
+
+
+def _task_from_wire(d: dict) -> sch.Task:
+    return sch.Task(str(d["taskId"]), str(d["workload"]), 0, tuple(str(r) for r in d["replicas"]),
+                    int(d["cpuMillis"]), int(d["memoryBytes"]),
+                    tuple((int(p), str(proto)) for p, proto in d["hostPorts"]),
+                    tuple((str(k), str(v)) for k, v in d["nodeSelector"]), tuple(str(i) for i in d["images"]),
+                    str(d["origin"]))
+
+
+def _bid_view(b: sch.Bid, verified: bool) -> dict:
+    return {"peer": b.peer_id, "score": round(b.score, 6), "fit": b.fit, "locality": b.locality,
+            "reliability": b.reliability, "trust": b.trust, "verified": verified}
+
+
+def local_state(placement: Placement, *, cpu_total: int, memory_total: int, max_pods: int, uptime: float,
+                runtime_available: bool = True, loopback: bool = True,
+                labels: tuple[tuple[str, str], ...] = (), trust: float = 0.5) -> sch.PeerState:
+    """This peer as a bidder: capacity left after the requests of the replicas placed here
+    (scheduling by requests, as Kubernetes does, not by momentary usage)."""
+    cpu = mem = pods = 0
+    for d, replicas in placement.catalog.mine():
+        try:
+            c, m = placement.workload(d).template.requests()
+        except errors.InvalidManifest:
+            continue
+        cpu, mem, pods = cpu + c * len(replicas), mem + m * len(replicas), pods + len(replicas)
+    return sch.PeerState(placement.peer_id, cpu_total - cpu, cpu_total, memory_total - mem, memory_total,
+                         max_pods - pods, max_pods, uptime, labels, trust=trust,
+                         loopback_publishing=loopback, runtime_available=runtime_available)

@@ -1,0 +1,171 @@
+"""Placement across a mesh of fake peers (FakeMesh + FakeRuntime + the real core), virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from beemeshd import errors
+from beemeshd.agent import Agent
+from beemeshd.core.catalog import Catalog
+from beemeshd.core.membership import Timings
+from beemeshd.events import EventBus
+from beemeshd.mesh.fake import FakeMesh, FakeNetwork
+from beemeshd.mesh_workloads import Workloads
+from beemeshd.placement import Placement, local_state
+from beemeshd.runtime.fake import FakeRuntime
+
+IMAGE = "localhost/beemesh-busybox:latest"
+GI = 1 << 30
+
+
+def deployment(name="web", replicas=3, cpu="500m", kind="Deployment"):
+    c = {"name": "app", "image": IMAGE, "ports": [{"containerPort": 8080, "hostPort": 18080}],
+         "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}
+    spec = {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}}
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+class Peer:
+    def __init__(self, net, bootstrap=(), cpu=2000):
+        self.mesh = FakeMesh(net, bootstrap=list(bootstrap), timings=Timings(0.5, 1.0, 2.0))
+        self.id = self.mesh.peer_id
+        self.runtime = FakeRuntime(now=trio.current_time)
+        self.events = EventBus()
+        self.cpu = cpu
+        self.placement = Placement(self.mesh, Catalog(self.id), self.events, self_state=self.state, window=0.3,
+                                   on_change=lambda: self.agent.poke())
+        self.agent = Agent(self.runtime, None, self.events, interval=0.5, peer_id=self.id,
+                           wanted=self.placement.wanted)
+        self.agent.remote_ready = self.placement.remote_ready
+        self.w = Workloads(self.placement, self.agent, self.runtime, self.events, self.id)
+        self.scope = None
+
+    def state(self):
+        return local_state(self.placement, cpu_total=self.cpu, memory_total=4 * GI, max_pods=110,
+                           uptime=self.mesh._uptime())
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        with trio.CancelScope() as self.scope:
+            async with trio.open_nursery() as n:
+                await n.start(self.mesh.run)
+                await n.start(self.agent.run)
+                await n.start(self.placement.run)
+                n.start_soon(self.w.status_loop)
+                task_status.started()
+
+    def kill(self):
+        self.mesh.kill()
+        self.scope.cancel()
+
+
+async def mesh_of(nursery, net, n, **kw):
+    first = Peer(net, **kw)
+    peers = [first] + [Peer(net, bootstrap=[first.id], **kw) for _ in range(n - 1)]
+    for p in peers:
+        await nursery.start(p.run)
+    with trio.fail_after(10):
+        while not all(sum(v.state == "alive" for v in p.mesh.peers()) == n - 1 for p in peers):
+            await trio.sleep(0.05)
+    return peers
+
+
+@pytest.fixture
+def net():
+    return FakeNetwork(latency=0.002, seed=3)
+
+
+async def deploy(peer, manifest, **kw):
+    kw.setdefault("wait", True)
+    return await peer.w.deploy(manifest=manifest, yaml=None, namespace=None, timeout=kw.pop("timeout", 30),
+                               dry_run=False, **kw)
+
+
+async def test_replicas_spread_and_any_peer_answers(net, nursery, autojump_clock):
+    a, b, c = await mesh_of(nursery, net, 3)
+    [w] = await deploy(a, deployment(replicas=3))
+    assert w["readyReplicas"] == 3
+    assert sorted(r["peer"] for r in w["replicaStatus"]) == sorted([a.id, b.id, c.id])
+    assert sum(len(p.runtime.pod_names()) for p in (a, b, c)) == 3
+    await trio.sleep(1)
+    seen_from_c = c.w.get("web", None, None)
+    assert seen_from_c["readyReplicas"] == 3 and seen_from_c["origin"] == a.id
+    ex = b.w.explain("web", None)
+    assert len(ex["decisions"]) == 3 and len(ex["decisions"][0]["bids"]) == 3
+    assert all(d["rule"].startswith("highest score") for d in ex["decisions"])
+
+
+async def test_no_capacity_names_every_peers_reason_and_stores_nothing(net, nursery, autojump_clock):
+    a, b, c = await mesh_of(nursery, net, 3)
+    with pytest.raises(errors.NoCapacity) as exc:
+        await deploy(a, deployment(cpu="3"))
+    reasons = {r["peer"]: r["reason"] for r in exc.value.reasons}
+    assert set(reasons) == {a.id, b.id, c.id}
+    assert all("needs 3000m CPU" in r for r in reasons.values())
+    assert a.placement.catalog.live() == []
+
+
+async def test_dead_peer_replicas_are_placed_again(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 4)
+    a = peers[0]
+    [w] = await deploy(a, deployment(replicas=3, cpu="100m"))
+    victim = next(p for p in peers[1:] if p.runtime.pod_names())
+    lost = [r["name"] for r in w["replicaStatus"] if r["peer"] == victim.id]
+    victim.kill()
+    survivors = [p for p in peers if p is not victim]
+    t0 = trio.current_time()
+    with trio.fail_after(20):
+        while True:
+            view = a.w.get("web", None, None)
+            if view["readyReplicas"] == 3 and all(r["peer"] != victim.id for r in view["replicaStatus"]):
+                break
+            await trio.sleep(0.1)
+    assert trio.current_time() - t0 < 5  # dead within ~2 s, placed and running right after
+    assert sum(len(p.runtime.pod_names()) for p in survivors) == 3
+    history = a.w.explain("web", None)["decisions"]
+    assert any(d["rule"].startswith("re-placed") for d in history if d["replica"] in lost)
+
+
+async def test_manifest_survives_its_origin(net, nursery, autojump_clock):
+    a, b, c = await mesh_of(nursery, net, 3)
+    await deploy(a, deployment(replicas=2, cpu="100m"))
+    a.kill()
+    await trio.sleep(3)
+    w = b.w.get("web", None, None)
+    assert w["replicas"] == 2
+    await b.w.scale("web", None, 1, True, 20)
+    await c.w.delete("web", None, None, True, 20)
+    assert b.runtime.pod_names() == [] and c.runtime.pod_names() == []
+
+
+async def test_partition_duplicates_are_reconciled_away(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 4)
+    [w] = await deploy(peers[0], deployment(replicas=2, cpu="100m"))
+    left, right = peers[:2], peers[2:]
+    net.partition({p.id for p in left}, {p.id for p in right})
+    await trio.sleep(8)  # each side declares the other dead and heals on its own
+    net.heal()
+    with trio.fail_after(30):
+        while True:
+            await trio.sleep(0.5)
+            pods = sum(len(p.runtime.pod_names()) for p in peers)
+            decisions = {p.placement.catalog.entries[("default", "Deployment", "web")].order() for p in peers}
+            if pods == 2 and len(decisions) == 1 and peers[3].w.get("web", None, None)["readyReplicas"] == 2:
+                break
+    # one copy of each replica, where the agreed decision says
+    d = peers[0].placement.catalog.entries[("default", "Deployment", "web")]
+    running = sorted((r, p.id) for p in peers for r in (n.split(".")[0] for n in p.runtime.pod_names()))
+    assert running == sorted(d.assignments)
+
+
+async def test_statefulset_replicas_are_not_moved(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 3)
+    [w] = await deploy(peers[0], deployment("db", replicas=2, cpu="100m", kind="StatefulSet"))
+    victim_id = next(r["peer"] for r in w["replicaStatus"] if r["peer"] != peers[0].id)
+    victim = next(p for p in peers if p.id == victim_id)
+    victim.kill()
+    await trio.sleep(6)
+    view = peers[0].w.get("db", None, None)
+    row = next(r for r in view["replicaStatus"] if r["peer"] == victim_id)
+    assert row["state"] == "pending" and "not moved" in row["message"]
