@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 
@@ -50,6 +50,24 @@ class Config:
     reconcile_interval_seconds: float = 1.0
     backoff_base_seconds: float = 1.0
     backoff_cap_seconds: float = 60.0
+    # The mesh (libp2p). Off: this daemon works alone (no libp2p import, ≈ 56 MB less RSS).
+    mesh_enabled: bool = True
+    # Name of the mesh to join. Unnamed (""), the daemon listens for peers on 127.0.0.1 only and
+    # uses no mDNS, until mesh membership credentials exist (issue 10); named, it listens on every
+    # IPv4 address and finds peers of the same name by mDNS.
+    mesh_name: str = ""
+    # Multiaddrs to listen on ([] = as above, ports picked by the kernel), e.g. "/ip4/10.0.0.5/tcp/4001".
+    mesh_listen: tuple = field(default_factory=tuple)
+    # Multiaddrs, with /p2p/<peer id>, of peers to join through (GetInfo's meshAddresses of one).
+    mesh_bootstrap: tuple = field(default_factory=tuple)
+    # mDNS discovery on the local network (only for a named mesh).
+    mesh_mdns: bool = True
+    # Failure detector: probe every peer this often; silent this long -> suspect, then dead.
+    ping_interval_seconds: float = 0.5
+    suspect_after_seconds: float = 1.5
+    dead_after_seconds: float = 3.0
+    # GossipSub heartbeat (mesh maintenance and gossip of message ids).
+    gossip_heartbeat_seconds: float = 0.5
 
     @classmethod
     def default(cls) -> "Config":
@@ -77,7 +95,23 @@ class Config:
                 raise SystemExit(f"beemeshd: {source}: unknown setting {key!r}")
             current = getattr(self, key)
             try:
-                changes[key] = type(current)(value)
+                changes[key] = _convert(current, value)
             except (TypeError, ValueError):
                 raise SystemExit(f"beemeshd: {source}: bad value for {key}: {value!r}") from None
         return replace(self, **changes)
+
+
+def _convert(current, value):
+    """`value` as the type of the field's default; lists and booleans are not coerced from
+    other types (tuple("abc") and bool("false") would succeed and be wrong)."""
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TypeError("expected a list of strings")
+        return tuple(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise TypeError("expected true or false")
+        return value
+    if isinstance(current, (int, float)) and isinstance(value, bool):
+        raise TypeError("expected a number")
+    return type(current)(value)

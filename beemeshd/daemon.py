@@ -22,7 +22,7 @@ from beemeshd.api.idl import INTERFACE_NAME, Interface
 from beemeshd.api.server import VarlinkServer
 from beemeshd.config import Config
 from beemeshd.core.reconcile import Backoff
-from beemeshd.events import EventBus, now_usec
+from beemeshd.events import EventBus, make_event, now_usec
 from beemeshd.runtime.base import Runtime, RuntimeStatus
 from beemeshd.store import Store
 from beemeshd.workloads import Workloads
@@ -54,6 +54,7 @@ class Node:
     runtime: Runtime | None = None
     workloads: Workloads | None = None
     runtime_status: RuntimeStatus | None = None
+    mesh: object | None = None  # beemeshd.mesh.Mesh when the mesh is enabled
 
     async def refresh_runtime(self) -> RuntimeStatus:
         self.runtime_status = await self.runtime.status()
@@ -85,7 +86,31 @@ class Node:
             "podsFree": self.config.max_pods,
         }
 
+    def mesh_record(self) -> dict:
+        """What this peer offers, for its signed mesh record. Free memory is rounded down to 64 MiB
+        so that the record (republished on change) does not change with every page cache wobble."""
+        cap = self.capacity()
+        cap["memoryFreeBytes"] -= cap["memoryFreeBytes"] % (64 << 20)
+        return {"capacity": cap, "runtime": self._runtime_label(), "version": __version__, "labels": {},
+                "network": self.runtime_status.network if self.runtime_status else ""}
+
+    def _runtime_label(self) -> str:
+        st = self.runtime_status
+        return f"podman {st.version}" if st and st.version else "podman"
+
+    def _mesh_counts(self) -> dict:
+        counts = {"alive": 0, "suspect": 0, "dead": 0}
+        if self.mesh is not None:
+            for p in self.mesh.peers():
+                if p.state in counts:
+                    counts[p.state] += 1
+        return counts
+
     def info(self) -> dict:
+        counts = self._mesh_counts()
+        counters = vars(self.counters).copy()
+        for name, value in (self.mesh.counters.items() if self.mesh is not None else ()):
+            counters[name] += value
         return {
             "version": __version__,
             "peerId": self.identity.peer_id,
@@ -95,31 +120,61 @@ class Node:
             "socketActivated": self.socket_activated,
             "stateDirectory": str(self.config.state_dir),
             "runtime": self.runtime_info(),
-            "meshAddresses": [],
-            "peersAlive": 0,
-            "peersSuspect": 0,
-            "peersDead": 0,
+            "meshAddresses": self.mesh.addresses() if self.mesh is not None else [],
+            "peersAlive": counts["alive"],
+            "peersSuspect": counts["suspect"],
+            "peersDead": counts["dead"],
             "workloads": len(self.workloads.store.records) if self.workloads else 0,
             "localReplicas": len(self.workloads.agent.observed) if self.workloads else 0,
-            "counters": vars(self.counters).copy(),
+            "counters": counters,
         }
 
     def peers(self) -> list[dict]:
-        """The mesh view; until the mesh lands (issue 5) it holds this peer only."""
-        return [
-            {
-                "peerId": self.identity.peer_id,
-                "state": "self",
-                "addresses": [],
-                "uptimeSeconds": time.monotonic() - self.started,
-                "capacity": self.capacity(),
-                "lastSeenUSec": now_usec(),
-                "version": __version__,
-                "runtime": f"podman {self.runtime_status.version}" if self.runtime_status and self.runtime_status.version else "podman",
-                "network": self.runtime_status.network if self.runtime_status else "",
-                "labels": {},
-            }
-        ]
+        """This peer (live figures), then the mesh's view of the others."""
+        me = {
+            "peerId": self.identity.peer_id,
+            "state": "self",
+            "addresses": self.mesh.addresses() if self.mesh is not None else [],
+            "uptimeSeconds": time.monotonic() - self.started,
+            "capacity": self.capacity(),
+            "lastSeenUSec": now_usec(),
+            "version": __version__,
+            "runtime": self._runtime_label(),
+            "network": self.runtime_status.network if self.runtime_status else "",
+            "labels": {},
+        }
+        others = [peer_dict(p) for p in self.mesh.peers() if p.state != "self"] if self.mesh is not None else []
+        return [me, *others]
+
+
+def peer_dict(p) -> dict:
+    """A mesh PeerView as the interface's Peer."""
+    rec = p.record or {}
+    return {
+        "peerId": p.peer_id,
+        "state": p.state,
+        "addresses": list(p.addresses),
+        "uptimeSeconds": float(p.uptime_seconds),
+        "capacity": dict(rec.get("capacity") or dict.fromkeys(
+            ("cpuMillis", "cpuFreeMillis", "memoryBytes", "memoryFreeBytes", "pods", "podsFree"), 0)),
+        "lastSeenUSec": int(p.last_seen * 1e6) if p.last_seen else 0,
+        "version": rec.get("version", ""),
+        "runtime": rec.get("runtime", ""),
+        "network": rec.get("network", ""),
+        "labels": dict(rec.get("labels", {})),
+    }
+
+
+def make_node_mesh(config: Config, node: Node):
+    """The libp2p mesh (imported only now: it costs ≈ 56 MB of RSS), wired to the node."""
+    from beemeshd.mesh import make_mesh
+
+    try:
+        mesh = make_mesh(config, node.identity.seed)
+    except ValueError as exc:
+        raise SystemExit(f"beemeshd: mesh settings: {exc}") from None
+    mesh.on_peer_event = lambda kind, peer: node.events.publish(make_event(kind, peer=peer))
+    return mesh
 
 
 def make_runtime(config: Config) -> Runtime:
@@ -208,7 +263,7 @@ class Daemon:
         store.load()
         agent = Agent(node.runtime, store, node.events, host_ip=config.publish_host_ip,
                       backoff=Backoff(config.backoff_base_seconds, config.backoff_cap_seconds),
-                      interval=config.reconcile_interval_seconds)
+                      interval=config.reconcile_interval_seconds, peer_id=node.identity.peer_id)
         node.workloads = Workloads(store, agent, node.runtime, node.events, node.identity.peer_id,
                                    runtime_status=node.refresh_runtime)
         server = VarlinkServer(
@@ -220,11 +275,17 @@ class Daemon:
             grace=config.shutdown_grace_seconds,
             on_bad_connection=lambda: setattr(node.counters, "badConnections", node.counters.badConnections + 1),
         )
+        if config.mesh_enabled:
+            node.mesh = make_node_mesh(config, node)
+            node.mesh.set_record(node.mesh_record())
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run, sock)
                 nursery.start_soon(self._stop_on_signal, signals, server)
                 nursery.start_soon(self._connect_runtime, node)
+                if node.mesh is not None:
+                    await nursery.start(node.mesh.run)
+                    nursery.start_soon(self._refresh_mesh_record, node)
                 await nursery.start(agent.run)
                 log.info("beemeshd %s serving %s as peer %s", __version__, node.address, node.identity.peer_id)
                 systemd.notify(f"READY=1\nSTATUS=serving {INTERFACE_NAME}")
@@ -263,6 +324,13 @@ class Daemon:
         while True:
             await trio.sleep(2)
             await node.refresh_runtime()
+
+    @staticmethod
+    async def _refresh_mesh_record(node: Node) -> None:
+        # The mesh republishes (signed) only when the record changed.
+        while True:
+            await trio.sleep(2)
+            node.mesh.set_record(node.mesh_record())
 
     @staticmethod
     async def _wait_for(server: VarlinkServer) -> None:

@@ -269,19 +269,29 @@ def validate_record(payload: dict) -> dict:
     return payload
 
 
-def sync_payload(records: list[bytes]) -> dict:
-    """A view-sync message carries the signed record envelopes it knows, as they were signed."""
-    return {"records": [base64.b64encode(r).decode() for r in records]}
+def sync_payload(records: list[bytes], known: dict[str, int] | None = None) -> dict:
+    """A view-sync message: signed record envelopes exactly as their owners signed them, and
+    optionally a digest {peer id: record seq} of what the sender knows (asking for the rest)."""
+    payload: dict = {"records": [base64.b64encode(r).decode() for r in records]}
+    if known is not None:
+        payload["known"] = known
+    return payload
 
 
-def sync_records(payload: dict, limit: int = 10_000) -> list[bytes]:
-    recs = payload.get("records") if isinstance(payload, dict) and set(payload) == {"records"} else None
+def sync_records(payload: dict, limit: int = 10_000) -> tuple[list[bytes], dict[str, int] | None]:
+    """(record envelopes, digest or None); Malformed unless exactly that shape."""
+    if not isinstance(payload, dict) or not {"records"} <= set(payload) <= {"records", "known"}:
+        raise Malformed("sync payload must be {'records': [...], 'known'?: {...}}")
+    recs, known = payload["records"], payload.get("known")
     if not isinstance(recs, list) or len(recs) > limit:
-        raise Malformed(f"sync payload must be {{'records': [≤ {limit} base64 envelopes]}}")
+        raise Malformed(f"sync records must be a list of at most {limit}")
+    if known is not None and (not isinstance(known, dict) or len(known) > limit or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in known.items())):
+        raise Malformed(f"sync digest must map at most {limit} peer ids to integers")
     out = []
     for r in recs:
         try:
             out.append(base64.b64decode(r, validate=True))
         except (TypeError, ValueError):
             raise Malformed("sync records must be base64") from None
-    return out
+    return out, known

@@ -1,0 +1,413 @@
+"""What both meshes (libp2p and in-memory) share: the Mesh API on top of the pure core.
+
+A subclass supplies the transport — open it, gossip bytes, probe a peer, exchange one request
+and reply, drop a connection — and feeds what arrives into `_admit` (gossip) and `_request_in`
+(direct streams). Everything that decides anything lives in beemeshd.core (protocol: envelopes,
+freshness, replays; membership: the view and the failure detector); this module only runs it
+on trio: the probe loop, the record loop, bootstrap, view sync and the subscriber fan-out.
+
+View sync (PROTO_SYNC): whenever a peer becomes alive, we send it our signed record (so it
+learns us even before gossip reaches it; beyond HELLO_LIMIT peers only our record, gossiped
+once we have a first contact, does that); at most every SYNC_INTERVAL we also send a digest
+{peer: record seq} and get back the records we lack. A newcomer that knows one bootstrap peer
+therefore learns the whole mesh in one round trip, probes everyone it learned of, and is seen by
+all within about one ping interval. Relayed records are signed by their owners but may be old,
+so they make a peer worth probing, not alive. GossipSub on `beemesh/records` carries record
+changes, and a refresh every RECORD_REFRESH seconds (uptime is carried forward locally between).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+import trio
+
+from beemeshd.core import protocol as proto
+from beemeshd.core.membership import ALIVE, JOINED, LEFT, Membership, Timings
+from beemeshd.errors import PeerUnreachable
+
+log = logging.getLogger("beemeshd.mesh")
+
+Handler = Callable[[proto.Envelope], Awaitable[dict]]
+
+
+class RemoteError(Exception):
+    """The peer answered, but its handler failed; `reason` is its message."""
+
+    def __init__(self, peer: str, protocol: str, reason: str):
+        self.peer, self.protocol, self.reason = peer, protocol, reason
+        super().__init__(f"{peer} failed {protocol}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    peer_id: str
+    state: str  # self | alive | suspect | dead
+    addresses: list[str]
+    uptime_seconds: float
+    last_seen: float | None  # seconds since the epoch; None if never heard
+    record: dict | None  # its signed record: capacity, runtime, network, version, labels
+
+
+DEFAULT_RECORD = {
+    "capacity": dict.fromkeys(proto.CAPACITY_FIELDS, 0),
+    "runtime": "", "network": "", "version": "", "labels": {},
+}
+
+
+class MeshBase:
+    RECORD_REFRESH = 60.0  # records change rarely; each refresh costs every peer a message
+    SYNC_INTERVAL = 5.0
+    HELLO_LIMIT = 64  # views larger than this learn newcomers from their gossiped record only
+    ANNOUNCE_DELAY = 1.0  # after the first contact: time for GossipSub to learn our subscriptions
+    SUB_BUFFER = 1024
+
+    def __init__(self, seed: bytes, *, timings: Timings = Timings(),
+                 bootstrap: list[tuple[str, list[str]]] = (), record: dict | None = None,
+                 freshness: float = proto.FRESHNESS, replay_ttl: float = proto.REPLAY_TTL,
+                 rng: random.Random | None = None):
+        self.signer = proto.Signer(seed)
+        self.peer_id = self.signer.peer_id
+        self.timings = timings
+        self.membership = Membership(self.peer_id, timings)
+        self.gate = proto.Gate(proto.ReplayCache(replay_ttl), freshness)
+        self.counters = self.gate.counters
+        self.on_peer_event: Callable[[str, str], None] = lambda kind, peer: None
+        self.bootstrap = list(bootstrap)  # (peer id, addresses)
+        self.rng = rng or random.Random()
+        self._record = dict(DEFAULT_RECORD)
+        self._record_raw = b""
+        self._record_seq = 0
+        self._record_changed: trio.Event | None = None
+        self._subs: dict[str, set[trio.MemorySendChannel]] = {}
+        self._handlers: dict[str, Handler] = {proto.PROTO_SYNC: self._handle_sync}
+        self._probing: set[str] = set()
+        self._last_full_sync = -math.inf
+        self._announced = False
+        self._nursery: trio.Nursery | None = None
+        self._born = 0.0
+        if record:
+            self.set_record(record)
+
+    # --- clocks (the fake mesh moves the wall clock with trio's, plus a per-peer skew) ----------
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    def _wall(self) -> float:
+        return time.time()
+
+    # --- transport hooks ----------------------------------------------------------------------
+
+    def _open_transport(self) -> AbstractAsyncContextManager:
+        raise NotImplementedError
+
+    def addresses(self) -> list[str]:
+        raise NotImplementedError
+
+    async def _send_gossip(self, topic: str, raw: bytes) -> None:
+        raise NotImplementedError
+
+    async def _probe(self, peer_id: str, addresses: list[str]) -> bool:
+        raise NotImplementedError
+
+    async def _exchange(self, peer_id: str, addresses: list[str], protocol: str, raw: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def _drop(self, peer_id: str) -> None:
+        """Forget the connection to a dead peer, so a later probe dials afresh."""
+
+    def _register(self, protocol: str) -> None:
+        """Serve `protocol` on the transport (called for handlers added while running)."""
+
+    def _decode(self, raw: bytes) -> proto.Envelope:
+        return proto.decode(raw)
+
+    # --- the Mesh API -------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (inside the daemon's nursery)."""
+        self._born = self._now()
+        self._record_changed = trio.Event()
+        async with self._open_transport():
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._seal_record()
+                    nursery.start_soon(self._probe_loop)
+                    nursery.start_soon(self._record_loop)
+                    nursery.start_soon(self._bootstrap_loop)
+                    log.info("mesh up as %s on %s", self.peer_id, ", ".join(self.addresses()) or "-")
+                    task_status.started()
+                    await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                self._probing.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._nursery is not None
+
+    def peers(self) -> list[PeerView]:
+        now, wall = self._now(), self._wall()
+        out = [PeerView(self.peer_id, "self", self.addresses(), self._uptime(), wall, self._record_payload())]
+        for m in self.membership.listed():
+            seen = None if math.isinf(m.last_heard) else wall - (now - m.last_heard)
+            out.append(PeerView(m.peer_id, m.state, m.addresses(), m.uptime(now), seen, m.record))
+        return out
+
+    def contacts(self, k: int) -> list[str]:
+        """k alive peers, long-lived ones preferred (see beemeshd.core.membership)."""
+        return self.membership.contacts(k, self._now(), self.rng)
+
+    def set_record(self, record: dict) -> None:
+        """This peer's capacity, runtime, network, version and labels (addresses, uptime and seq
+        are the mesh's). Republished, signed, when anything but uptime changes."""
+        new = {k: record[k] for k in DEFAULT_RECORD if k in record}
+        new = {**self._record, **new}
+        if new != self._record:
+            self._record = new
+            if self._record_changed is not None:
+                self._record_changed.set()
+
+    async def publish(self, topic: str, payload: dict) -> None:
+        if topic not in proto.TOPICS:
+            raise ValueError(f"unknown topic {topic!r}")
+        await self._send_gossip(topic, self.signer.seal(topic, "pub", payload, self._wall()))
+
+    def subscribe(self, topic: str) -> AsyncIterator[proto.Envelope]:
+        """Verified, fresh, first-seen messages of `topic` (this peer's own included), from now on."""
+        if topic not in proto.TOPICS:
+            raise ValueError(f"unknown topic {topic!r}")
+        send, receive = trio.open_memory_channel(self.SUB_BUFFER)
+        self._subs.setdefault(topic, set()).add(send)
+        return self._stream(topic, send, receive)
+
+    async def _stream(self, topic, send, receive):
+        try:
+            async with receive:
+                async for env in receive:
+                    yield env
+        finally:
+            self._subs.get(topic, set()).discard(send)
+            send.close()
+
+    def handle(self, protocol: str, handler: Handler) -> None:
+        new = protocol not in self._handlers
+        self._handlers[protocol] = handler
+        if new and self.running:
+            self._register(protocol)
+
+    async def request(self, peer_id: str, protocol: str, payload: dict, timeout: float) -> dict:
+        """One signed request, one signed reply. PeerUnreachable (no answer, bad answer) or
+        RemoteError (its handler failed)."""
+        raw = self.signer.seal(protocol, "req", payload, self._wall())
+        try:
+            with trio.fail_after(timeout):
+                reply = await self._exchange(peer_id, self._addresses_of(peer_id), protocol, raw)
+        except trio.TooSlowError:
+            raise PeerUnreachable(peer_id, f"no reply to {protocol} within {timeout:g} s") from None
+        except PeerUnreachable:
+            raise
+        except Exception as exc:  # transport errors come in many types; all mean the same here
+            raise PeerUnreachable(peer_id, f"{protocol}: {exc or type(exc).__name__}") from None
+        try:
+            env = self.gate.accept(reply, self._wall(), topic=protocol, kind="rep", sender=peer_id)
+        except proto.Rejected as exc:
+            raise PeerUnreachable(peer_id, f"rejected reply: {exc}") from None
+        self._emit(self.membership.heard(peer_id, self._now()))
+        body = env.payload
+        if set(body) == {"error"}:
+            raise RemoteError(peer_id, protocol, str(body["error"]))
+        if set(body) != {"ok"} or not isinstance(body["ok"], dict):
+            self.gate.count(proto.Malformed("reply"))
+            raise PeerUnreachable(peer_id, "malformed reply")
+        return body["ok"]
+
+    # --- inbound (called by the transport) ----------------------------------------------------
+
+    def _admit(self, topic: str, raw: bytes, decoded: proto.Envelope | None = None) -> proto.Envelope | None:
+        """Gate a gossip message; the envelope if it may be delivered and forwarded."""
+        try:
+            env = self.gate.accept(raw, self._wall(), topic=topic, kind="pub", decoded=decoded)
+        except proto.Rejected as exc:
+            log.debug("dropped %s message: %s", topic, exc)
+            return None
+        now = self._now()
+        self._emit(self.membership.heard(env.sender, now))
+        if topic == proto.TOPIC_RECORDS:
+            try:
+                rec = proto.validate_record(env.payload)
+            except proto.Malformed as exc:
+                self.gate.count(exc)
+                return None
+            self.membership.learned(env.sender, rec, raw, rec["seq"], now)
+        return env
+
+    def _dispatch(self, env: proto.Envelope) -> None:
+        for send in list(self._subs.get(env.topic, ())):
+            try:
+                send.send_nowait(env)
+            except trio.WouldBlock:
+                log.warning("a %s subscriber is %d messages behind; dropping one", env.topic, self.SUB_BUFFER)
+            except trio.ClosedResourceError:
+                self._subs[env.topic].discard(send)
+
+    async def _request_in(self, remote: str, protocol: str, raw: bytes) -> bytes | None:
+        """Serve one inbound request; None (no reply) when the request is rejected."""
+        try:
+            env = self.gate.accept(raw, self._wall(), topic=protocol, kind="req", sender=remote)
+        except proto.Rejected as exc:
+            log.debug("dropped %s request from %s: %s", protocol, remote, exc)
+            return None
+        self._emit(self.membership.heard(remote, self._now()))
+        handler = self._handlers.get(protocol)
+        if handler is None:
+            reply = {"error": f"no handler for {protocol}"}
+        else:
+            try:
+                reply = {"ok": await handler(env)}
+            except Exception as exc:
+                log.warning("%s handler failed for %s: %s", protocol, remote, exc, exc_info=True)
+                reply = {"error": str(exc) or type(exc).__name__}
+        return self.signer.seal(protocol, "rep", reply, self._wall())
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _uptime(self) -> float:
+        return max(0.0, self._now() - self._born)
+
+    def _record_payload(self) -> dict:
+        return {**self._record, "addresses": self.addresses()[:16], "uptimeSeconds": round(self._uptime(), 3),
+                "seq": self._record_seq}
+
+    def _seal_record(self) -> bytes:
+        # seq: µs of the wall clock, strictly increasing, so a restarted peer's record wins.
+        self._record_seq = max(self._record_seq + 1, int(self._wall() * 1e6))
+        self._record_raw = self.signer.seal(proto.TOPIC_RECORDS, "pub", self._record_payload(), self._wall())
+        return self._record_raw
+
+    def _addresses_of(self, peer_id: str) -> list[str]:
+        m = self.membership.get(peer_id)
+        if m is not None and m.record:
+            return m.addresses()
+        for pid, addrs in self.bootstrap:
+            if pid == peer_id:
+                return list(addrs)
+        return []
+
+    def _emit(self, events: list[tuple[str, str]]) -> None:
+        for kind, peer in events:
+            log.info("%s %s", kind, peer)
+            if self._nursery is not None:
+                if kind == JOINED:
+                    self._nursery.start_soon(self._sync, peer)
+                    if not self._announced:  # first contact: now gossip can carry our record
+                        self._announced = True
+                        self._nursery.start_soon(self._announce)
+                elif kind == LEFT:
+                    self._nursery.start_soon(self._drop, peer)
+                    if self.membership.counts()[ALIVE] == 0:
+                        self._announced = False  # cut off from everyone: announce again on return
+            try:
+                self.on_peer_event(kind, peer)
+            except Exception:
+                log.exception("peer event callback failed")
+
+    async def _probe_loop(self) -> None:
+        t = self.timings
+        while True:
+            now = self._now()
+            self._emit(self.membership.tick(now))
+            for pid in self.membership.probe_targets(now):
+                if pid not in self._probing:
+                    self._probing.add(pid)
+                    self._nursery.start_soon(self._probe_one, pid)
+            await trio.sleep(t.ping_interval)
+
+    async def _probe_one(self, peer_id: str) -> None:
+        try:
+            with trio.move_on_after(self.timings.dead_after):
+                if await self._probe(peer_id, self._addresses_of(peer_id)):
+                    self._emit(self.membership.heard(peer_id, self._now()))
+        except Exception as exc:  # a failed probe is information, not an error
+            log.debug("probe of %s failed: %r", peer_id, exc)
+        finally:
+            self._probing.discard(peer_id)
+
+    async def _bootstrap_loop(self) -> None:
+        """Keep trying bootstrap peers that are not in the view (first start, or after a restart)."""
+        delay = self.timings.redial_min
+        while True:
+            for pid, _ in self.bootstrap:
+                m = self.membership.get(pid)
+                if pid != self.peer_id and (m is None or m.state == "pending") and pid not in self._probing:
+                    self._probing.add(pid)
+                    self._nursery.start_soon(self._probe_one, pid)
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.timings.redial_max)
+
+    async def _record_loop(self) -> None:
+        while True:
+            await self._send_gossip(proto.TOPIC_RECORDS, self._seal_record())
+            with trio.move_on_after(self.RECORD_REFRESH):
+                await self._record_changed.wait()
+            self._record_changed = trio.Event()
+
+    async def _sync(self, peer_id: str) -> None:
+        """Tell a newly alive peer our record; at most every SYNC_INTERVAL also send a digest of
+        our view and take the records we lack (a full exchange per join would cost O(n²))."""
+        now, last = self._now(), self._last_full_sync
+        full = now - last >= self.SYNC_INTERVAL
+        if full:
+            self._last_full_sync = now
+        elif len(self.membership.members) > self.HELLO_LIMIT:
+            return
+        payload = proto.sync_payload([self._record_raw], self.membership.digest() if full else None)
+        try:
+            reply = await self.request(peer_id, proto.PROTO_SYNC, payload, self.timings.dead_after)
+        except (PeerUnreachable, RemoteError) as exc:
+            log.debug("view sync with %s failed: %s", peer_id, exc)
+            if full:
+                self._last_full_sync = last
+            return
+        self._merge(reply)
+
+    async def _announce(self) -> None:
+        await trio.sleep(self.ANNOUNCE_DELAY)
+        if self._record_changed is not None:
+            self._record_changed.set()
+
+    async def _handle_sync(self, env: proto.Envelope) -> dict:
+        known = self._merge(env.payload)
+        extra = self.membership.newer_than(known) if known is not None else []
+        return proto.sync_payload([self._record_raw, *extra])
+
+    def _merge(self, payload: dict) -> dict | None:
+        """Learn the records of a sync message; its digest (or None)."""
+        try:
+            raws, known = proto.sync_records(payload)
+        except proto.Malformed as exc:
+            self.gate.count(exc)
+            return None
+        have = {m.record_raw for m in self.membership.members.values()}
+        now = self._now()
+        for raw in raws:
+            if raw in have or raw == self._record_raw:
+                continue
+            try:
+                env = self._decode(raw)
+                if env.topic != proto.TOPIC_RECORDS or env.kind != "pub":
+                    raise proto.Replayed(f"a {env.topic} message relayed as a record")
+                rec = proto.validate_record(env.payload)
+            except proto.Rejected as exc:
+                self.gate.count(exc)
+                continue
+            self.membership.learned(env.sender, rec, raw, rec["seq"], now)
+        return known

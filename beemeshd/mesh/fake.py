@@ -1,0 +1,225 @@
+"""An in-memory mesh: many FakeMesh peers in one process, joined by a FakeNetwork.
+
+Same Mesh API and the same core as the libp2p mesh (MeshBase + beemeshd.core: envelopes are
+really signed and checked, the failure detector really runs); only the transport is simulated.
+All waiting is trio.sleep, so a whole mesh runs under trio.testing.MockClock(autojump_threshold=0),
+with each peer's wall clock = network.epoch + trio time + its own `clock_skew`.
+
+The network models, per message, a latency (+ uniform jitter), and:
+- partitions: `partition({a, b}, {c})` — peers not named form one more group together;
+  across groups packets vanish (probes and requests hang until their caller's time-out);
+  `heal()` joins everything again;
+- death: `kill(peer)` (or `mesh.kill()`) cancels that peer's `run`; dialling it is refused at once;
+  `nursery.start(mesh.run)` brings it back with the same id (and an empty view, like a restart).
+Gossip goes, after its latency, to every peer reachable from the sender that has joined the mesh
+(completed a probe or request with someone) — a flood over the reachable component, not a
+GossipSub overlay (no multi-hop relaying, no mesh degree).
+
+For 1,000+ peers: each signature is verified once per network (a shared cache of decoded
+envelopes, keyed by the exact bytes — freshness and replay checks stay per receiver), and a
+peer's view entries are slotted (beemeshd.core.membership.Member).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+
+import trio
+
+from beemeshd.core import protocol as proto
+from beemeshd.core.membership import Membership
+from beemeshd.mesh.base import MeshBase
+
+
+class FakeNetwork:
+    def __init__(self, *, latency: float = 0.002, jitter: float = 0.0, seed: int = 0,
+                 epoch: float = 1_700_000_000.0, verify_cache: int = 100_000):
+        self.latency, self.jitter = latency, jitter
+        self.rng = random.Random(seed)
+        self.epoch = epoch
+        self.peers: dict[str, FakeMesh] = {}
+        self.joined: set[str] = set()
+        self._group: dict[str, int] | None = None
+        self._cache: OrderedDict[bytes, proto.Envelope] = OrderedDict()
+        self._cache_limit = verify_cache
+        self.messages = 0  # gossip deliveries, for simulators
+
+    # --- topology -----------------------------------------------------------------------------
+
+    def add(self, mesh: FakeMesh) -> None:
+        self.peers[mesh.peer_id] = mesh
+
+    def up(self, peer_id: str) -> bool:
+        m = self.peers.get(peer_id)
+        return m is not None and m.running
+
+    def same_side(self, a: str, b: str) -> bool:
+        return self._group is None or self._group.get(a, -1) == self._group.get(b, -1)
+
+    def reachable(self, a: str, b: str) -> bool:
+        return self.up(a) and self.up(b) and self.same_side(a, b)
+
+    def partition(self, *groups) -> None:
+        self._group = {pid: i for i, group in enumerate(groups) for pid in group}
+
+    def heal(self) -> None:
+        self._group = None
+
+    def kill(self, peer_id: str) -> None:
+        self.peers[peer_id].kill()
+
+    def delay(self) -> float:
+        return self.latency + (self.rng.uniform(0, self.jitter) if self.jitter else 0.0)
+
+    def cached(self, raw: bytes) -> proto.Envelope | None:
+        """A verified decode of these exact bytes, or None (let the receiver's gate decode)."""
+        env = self._cache.get(raw)
+        if env is None:
+            try:
+                env = proto.decode(raw)
+            except proto.Rejected:
+                return None
+            self._cache[raw] = env
+            if len(self._cache) > self._cache_limit:
+                self._cache.popitem(last=False)
+        return env
+
+    # --- traffic ------------------------------------------------------------------------------
+
+    def gossip(self, sender: FakeMesh, topic: str, raw: bytes) -> None:
+        sender._gossip_in(topic, raw)  # own subscribers hear it at once, as with libp2p
+        if sender.peer_id not in self.joined:
+            return
+        targets = [(self.delay(), pid) for pid in self.joined
+                   if pid != sender.peer_id and self.reachable(sender.peer_id, pid)]
+        if targets:
+            sender._nursery.start_soon(self._deliver, sender.peer_id, topic, raw, sorted(targets))
+
+    async def _deliver(self, src: str, topic: str, raw: bytes, targets: list) -> None:
+        elapsed = 0.0
+        for delay, pid in targets:
+            if delay > elapsed:
+                await trio.sleep(delay - elapsed)
+                elapsed = delay
+            if self.same_side(src, pid) and self.up(pid):
+                self.messages += 1
+                self.peers[pid]._gossip_in(topic, raw)
+
+    def inject(self, peer_id: str, topic: str, raw: bytes) -> None:
+        """Test hook: hand `raw` to a peer as if gossip had brought it."""
+        self.peers[peer_id]._gossip_in(topic, raw)
+
+    async def _reach(self, src: str, dst: str) -> FakeMesh:
+        """Wait one hop; refused at once if dst is down, silence if it is across a partition."""
+        if not self.up(dst):
+            await trio.sleep(self.latency)
+            raise ConnectionRefusedError(f"{dst} is down")
+        if not self.same_side(src, dst):
+            await trio.sleep_forever()
+        await trio.sleep(self.delay())
+        if not self.reachable(src, dst):
+            await trio.sleep_forever()
+        return self.peers[dst]
+
+    async def probe(self, src: str, dst: str) -> bool:
+        await self._reach(src, dst)
+        await self._reach(dst, src)
+        self.joined.update((src, dst))
+        return True
+
+    async def exchange(self, src: str, dst: str, protocol: str, raw: bytes) -> bytes:
+        target = await self._reach(src, dst)
+        result: list[bytes | None] = []
+        done = trio.Event()
+
+        async def serve():  # in the target's own nursery: the requester's time-out does not cancel it
+            try:
+                result.append(await target._request_in(src, protocol, raw))
+            finally:
+                done.set()
+
+        target._nursery.start_soon(serve)
+        await done.wait()
+        if not result or result[0] is None:
+            raise ConnectionResetError(f"{dst} reset the {protocol} stream")
+        await self._reach(dst, src)
+        self.joined.update((src, dst))
+        return result[0]
+
+
+class FakeMesh(MeshBase):
+    def __init__(self, network: FakeNetwork, seed: bytes | None = None, *, bootstrap: list[str] = (),
+                 clock_skew: float = 0.0, **kw):
+        seed = seed if seed is not None else network.rng.randbytes(32)
+        super().__init__(seed, bootstrap=[(pid, [f"/memory/{pid}"]) for pid in bootstrap], **kw)
+        self.network = network
+        self.clock_skew = clock_skew
+        self._scope: trio.CancelScope | None = None
+        network.add(self)
+
+    def _wall(self) -> float:
+        return self.network.epoch + trio.current_time() + self.clock_skew
+
+    def addresses(self) -> list[str]:
+        return [f"/memory/{self.peer_id}/p2p/{self.peer_id}"]
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as self._scope:
+            await super().run(task_status=task_status)
+
+    def kill(self) -> None:
+        """Die at once, as kill -9 would; a later run starts with an empty view."""
+        if self._scope is not None:
+            self._scope.cancel()
+        self.network.joined.discard(self.peer_id)
+        self._nursery = None
+        self.membership = Membership(self.peer_id, self.timings)
+
+    @asynccontextmanager
+    async def _open_transport(self):
+        try:
+            yield
+        finally:
+            self.network.joined.discard(self.peer_id)
+
+    def _gossip_in(self, topic: str, raw: bytes) -> None:
+        if self._nursery is None:
+            return
+        env = self._admit(topic, raw, decoded=self.network.cached(raw))
+        if env is not None:
+            self._dispatch(env)
+
+    def _decode(self, raw: bytes) -> proto.Envelope:
+        return self.network.cached(raw) or proto.decode(raw)
+
+    async def _send_gossip(self, topic: str, raw: bytes) -> None:
+        self.network.gossip(self, topic, raw)
+
+    async def _probe(self, peer_id: str, addresses: list[str]) -> bool:
+        return await self.network.probe(self.peer_id, peer_id)
+
+    async def _probe_loop(self) -> None:
+        """The same detector as MeshBase's, without a task per probe: one task per round hears
+        back, after one round trip, from every target still reachable (what thousands of
+        simulated peers can afford)."""
+        while True:
+            now = self._now()
+            self._emit(self.membership.tick(now))
+            targets = self.membership.probe_targets(now)
+            if targets:
+                self._nursery.start_soon(self._probe_round, targets)
+            await trio.sleep(self.timings.ping_interval)
+
+    async def _probe_round(self, targets: list[str]) -> None:
+        net, me = self.network, self.peer_id
+        up = [pid for pid in targets if net.reachable(me, pid)]
+        await trio.sleep(2 * net.delay())
+        for pid in up:
+            if net.reachable(me, pid):
+                net.joined.update((me, pid))
+                self._emit(self.membership.heard(pid, self._now()))
+
+    async def _exchange(self, peer_id: str, addresses: list[str], protocol: str, raw: bytes) -> bytes:
+        return await self.network.exchange(self.peer_id, peer_id, protocol, raw)

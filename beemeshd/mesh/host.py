@@ -1,0 +1,314 @@
+"""The libp2p mesh: the only module that imports libp2p (≈ 56 MB of RSS, so it is imported only
+when a mesh starts — see beemeshd.mesh.make_mesh).
+
+Transport choices, each for a reason found the hard way with py-libp2p 0.8 (shared notes):
+- Noise only, Yamux only: the library's defaults also offer TLS, SECIO and *plaintext*.
+- `max_connections_per_peer=1`: with the default of 3 every dial waits ≈ 250 ms for more.
+- The swarm's auto-connector is switched off (see __init__), and libp2p's loggers are routed
+  through ours (importing libp2p detaches them) with expected failures kept quiet.
+- No keepalive in libp2p (a dead link looks connected for 20 s or more): the failure detector
+  pings over one long-lived /ipfs/ping stream per peer, with its own time-outs, and drops the
+  connection of a peer it declares dead so that the next probe dials afresh.
+- GossipSub: heartbeat `heartbeat` s (default 0.5); "adaptive gossip" off, because it silently
+  raises the heartbeat to 30–60 s when it judges the network unhealthy; the per-peer, per-topic
+  rate limit raised from 10/s to RATE_LIMIT/s (a relay forwards everyone's bids).
+- Our gossip validator is the BeeMesh gate (signature, ±30 s, replay cache) and delivers to local
+  subscribers itself: libp2p's subscription queues hold only 32 messages, and its validation
+  cache would let a re-sent message skip the gate after its seen-cache forgot it.
+- Kademlia (server mode): the routing table is filled explicitly with uptime-weighted contacts
+  after peers join — a bootstrap node does not add inbound peers by itself.
+- mDNS only for a named mesh, under a service name derived from that name, so unrelated meshes
+  (and unnamed, loopback-only daemons) never merge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from contextlib import asynccontextmanager
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.host.ping import ID as PING
+from libp2p.io.utils import read_exactly
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE, Transport as Noise
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX, Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from beemeshd.core import protocol as proto
+from beemeshd.mesh.base import MeshBase
+
+log = logging.getLogger("beemeshd.mesh")
+# Importing libp2p detaches its loggers (propagate=False, no handler: records reach stderr bare,
+# via logging.lastResort). Send them through our handlers (journald) instead, and silence two
+# that report expected events at WARNING/ERROR: every failed redial of a dead peer, and every
+# stream a DHT peer closes after a lookup. Our own log says when a peer is unreachable.
+logging.getLogger("libp2p").propagate = True
+if logging.getLogger("libp2p").getEffectiveLevel() >= logging.WARNING:
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
+    logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
+    logging.getLogger("libp2p.network.auto_connector").setLevel(logging.WARNING)  # it forces INFO
+
+import json as _j
+_GS_DEGREES = _j.loads(os.environ.get('GSDEG', '{"degree": 6, "degree_low": 4, "degree_high": 12}'))
+_GS_BACKOFF = int(os.environ.get('GSBACK', '10'))
+RATE_LIMIT = 1000.0  # gossip messages per second, per forwarding peer and topic
+DHT_CONTACTS = 20  # Kademlia's k
+ADDR_TTL = 3600
+
+
+async def _nothing() -> None:
+    pass
+
+
+def split_addr(addr: str) -> tuple[str | None, str]:
+    """'/ip4/…/tcp/…/p2p/ID' -> (ID, '/ip4/…/tcp/…')."""
+    head, sep, pid = addr.partition("/p2p/")
+    return (pid.strip("/") or None) if sep else None, head
+
+
+class LibP2PMesh(MeshBase):
+    def __init__(self, seed: bytes, *, listen: list[str], bootstrap: list[str] = (),
+                 mdns_name: str | None = None, heartbeat: float = 0.5, **kw):
+        boot = []
+        for a in bootstrap:
+            pid, addr = split_addr(a)
+            if not pid:
+                raise ValueError(f"bootstrap address {a!r} lacks /p2p/<peer id>")
+            boot.append((pid, [addr]))
+        super().__init__(seed, bootstrap=boot, **kw)
+        self.listen = [multiaddr.Multiaddr(a) for a in listen]
+        self.mdns_name = mdns_name
+        priv = Ed25519PrivateKey.from_bytes(seed)
+        key_pair = KeyPair(priv, priv.get_public_key())
+        self.host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE: Noise(key_pair, noise_privkey=new_x25519().private_key)},
+            muxer_opt={YAMUX: Yamux},
+            connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=self.timings.dead_after),
+            listen_addrs=self.listen,
+        )
+        if self.host.get_id().to_base58() != self.peer_id:
+            raise RuntimeError("libp2p derived another peer id from the identity seed")
+        # The swarm's auto-connector dials every peer in the peerstore, dead ones included, every
+        # 10 s until it has 150 connections; redialling is the failure detector's job here.
+        self.host.get_network().auto_connector.maybe_connect = _nothing
+        # Our own /ipfs/ping handler (same wire protocol): an inbound ping from a member is
+        # evidence that it is alive, which spares our probe of it.
+        self.host.set_stream_handler(PING, self._serve_ping)
+        self.gossipsub = GossipSub(
+            [PROTOCOL_ID_V11, PROTOCOL_ID], **_GS_DEGREES,
+            heartbeat_interval=heartbeat, heartbeat_initial_delay=0.1, prune_back_off=_GS_BACKOFF,
+            adaptive_gossip_enabled=False, max_messages_per_topic_per_second=RATE_LIMIT,
+            eclipse_protection_enabled=False,  # peers of a test or a LAN share few IPs
+        )
+        self.pubsub = Pubsub(self.host, self.gossipsub, seen_ttl=int(proto.REPLAY_TTL))
+        self.dht = KadDHT(self.host, DHTMode.SERVER)
+        self._pings: dict[str, object] = {}
+        self._in_table: set[str] = set()
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    def addresses(self) -> list[str]:
+        try:
+            return [str(a) for a in self.host.get_addrs()]
+        except Exception:  # not listening yet
+            return []
+
+    # --- transport ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _open_transport(self):
+        self._token = trio.lowlevel.current_trio_token()
+        async with self.host.run(self.listen):
+            for protocol in self._handlers:
+                self._register(protocol)
+            async with background_trio_service(self.pubsub), background_trio_service(self.gossipsub):
+                await self.pubsub.wait_until_ready()
+                async with trio.open_nursery() as nursery:
+                    for topic in proto.TOPICS:
+                        self.pubsub.set_topic_validator(topic, self._validator, False)
+                        nursery.start_soon(self._drain, await self.pubsub.subscribe(topic))
+                    async with background_trio_service(self.dht):
+                        mdns = self._start_mdns()
+                        nursery.start_soon(self._dht_loop)
+                        try:
+                            yield
+                        finally:
+                            nursery.cancel_scope.cancel()
+                            if mdns is not None:
+                                peerDiscovery.unregister_peer_discovered_handler(self._discovered)
+                                mdns.stop()
+
+    def _start_mdns(self):
+        if not self.mdns_name:
+            return None
+        from libp2p.discovery.mdns.mdns import create_mdns_discovery
+
+        # DNS-SD service names are at most 15 bytes: "p2p-" + 10 hex digits of the mesh name.
+        fingerprint = hashlib.sha256(b"beemesh/" + self.mdns_name.encode()).hexdigest()[:10]
+        port = int(self.host.get_transport_addrs()[0].value_for_protocol("tcp"))
+        mdns = create_mdns_discovery(self.host.get_network(), port=port, host=self.host,
+                                     private_network_fingerprint=fingerprint)
+        peerDiscovery.register_peer_discovered_handler(self._discovered)
+        mdns.start()
+        return mdns
+
+    def _discovered(self, info: PeerInfo) -> None:
+        """mDNS found a peer (called from zeroconf's thread): probe it like a bootstrap peer."""
+        pid = info.peer_id.to_base58()
+        addrs = [str(a) for a in info.addrs]
+
+        def add():
+            if pid != self.peer_id and all(p != pid for p, _ in self.bootstrap):
+                log.info("mDNS found %s at %s", pid, ", ".join(addrs))
+                self.bootstrap.append((pid, addrs))
+                if self._nursery is not None and pid not in self._probing:
+                    self._probing.add(pid)
+                    self._nursery.start_soon(self._probe_one, pid)
+
+        if self._token is not None:
+            self._token.run_sync_soon(add)
+
+    def _validator(self, forwarder: ID, msg) -> bool:
+        if len(msg.topicIDs) != 1:
+            self.gate.count(proto.Malformed("gossip message for several topics"))
+            return False
+        env = self._admit(msg.topicIDs[0], msg.data)
+        if env is None:
+            return False
+        self._dispatch(env)
+        return True
+
+    @staticmethod
+    async def _drain(subscription) -> None:
+        # Delivery happened in the validator; libp2p's copy only has to leave its queue.
+        while True:
+            await subscription.get()
+
+    async def _send_gossip(self, topic: str, raw: bytes) -> None:
+        await self.pubsub.publish(topic, raw)
+
+    async def _connect(self, peer_id: str, addresses: list[str]) -> ID:
+        pid = ID.from_base58(peer_id)
+        if not self.host.get_network().connections.get(pid):
+            addrs = [multiaddr.Multiaddr(split_addr(a)[1]) for a in addresses]
+            await self.host.connect(PeerInfo(pid, addrs))
+        return pid
+
+    async def _probe(self, peer_id: str, addresses: list[str]) -> bool:
+        pid = await self._connect(peer_id, addresses)
+        stream = self._pings.get(peer_id)
+        try:
+            if stream is None:
+                stream = self._pings[peer_id] = await self.host.new_stream(pid, [PING])
+            data = os.urandom(32)
+            await stream.write(data)
+            return await read_exactly(stream, 32) == data
+        except BaseException:
+            self._pings.pop(peer_id, None)
+            if stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                    await stream.reset()
+            raise
+
+    async def _serve_ping(self, stream) -> None:
+        pid = stream.muxed_conn.peer_id.to_base58()
+        try:
+            while True:
+                with trio.fail_after(max(10.0, 3 * self.timings.dead_after)):  # idle pingers go away
+                    data = await read_exactly(stream, 32)
+                await stream.write(data)
+                if self.membership.get(pid) is not None:
+                    self._emit(self.membership.heard(pid, self._now()))
+        except Exception:
+            with trio.move_on_after(0.5):
+                await stream.reset()
+
+    async def _exchange(self, peer_id: str, addresses: list[str], protocol: str, raw: bytes) -> bytes:
+        pid = await self._connect(peer_id, addresses)
+        stream = await self.host.new_stream(pid, [protocol])
+        try:
+            await stream.write(len(raw).to_bytes(4, "big") + raw)
+            size = int.from_bytes(await read_exactly(stream, 4), "big")
+            if size > proto.MAX_ENVELOPE:
+                raise ValueError(f"reply of {size} bytes")
+            reply = await read_exactly(stream, size)
+            await stream.close()
+            return reply
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                await stream.reset()
+            raise
+
+    def _register(self, protocol: str) -> None:
+        self.host.set_stream_handler(protocol, self._serve)
+
+    async def _serve(self, stream) -> None:
+        remote = stream.muxed_conn.peer_id.to_base58()
+        protocol = str(stream.get_protocol())
+        try:
+            with trio.fail_after(self.timings.dead_after * 2):  # a silent client cannot hold a task
+                size = int.from_bytes(await read_exactly(stream, 4), "big")
+                if size > proto.MAX_ENVELOPE:
+                    self.gate.count(proto.Malformed(f"request of {size} bytes"))
+                    raise ValueError("oversized request")
+                raw = await read_exactly(stream, size)
+            reply = await self._request_in(remote, protocol, raw)
+            if reply is None:
+                raise ValueError("request rejected")
+            await stream.write(len(reply).to_bytes(4, "big") + reply)
+            await stream.close()
+        except Exception as exc:
+            log.debug("%s stream from %s: %r", protocol, remote, exc)
+            with trio.move_on_after(0.5):
+                await stream.reset()
+
+    async def _drop(self, peer_id: str) -> None:
+        self._pings.pop(peer_id, None)
+        pid = ID.from_base58(peer_id)
+        if peer_id in self._in_table:
+            self._in_table.discard(peer_id)
+            self.dht.routing_table.remove_peer(pid)
+        with trio.move_on_after(1):
+            await self.host.disconnect(pid)
+
+    # --- Kademlia contacts ----------------------------------------------------------------------
+
+    async def _dht_loop(self) -> None:
+        """Seed the routing table with long-lived contacts (membership.contacts), then let the
+        DHT look around once; repeat as the view changes."""
+        refreshed = False
+        while True:
+            added = False
+            for pid in self.contacts(DHT_CONTACTS):
+                if pid in self._in_table:
+                    continue
+                addrs = [multiaddr.Multiaddr(split_addr(a)[1]) for a in self._addresses_of(pid)]
+                try:
+                    with trio.move_on_after(self.timings.dead_after):
+                        if await self.dht.routing_table.add_peer(PeerInfo(ID.from_base58(pid), addrs),
+                                                                 skip_server_mode_check=True):
+                            self._in_table.add(pid)
+                            added = True
+                except Exception as exc:
+                    log.debug("DHT: could not add %s: %r", pid, exc)
+            if added and not refreshed:
+                refreshed = True
+                with trio.move_on_after(10):
+                    try:
+                        await self.dht.refresh_routing_table()
+                    except Exception as exc:
+                        log.debug("DHT refresh failed: %r", exc)
+            await trio.sleep(2)

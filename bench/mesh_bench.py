@@ -1,0 +1,274 @@
+"""Mesh numbers: full-view time, gossip latency, failure detection, RSS (prints p50/p99 and n).
+
+Run as root from the checkout (`/var/lib/beemesh/venv/bin/python bench/mesh_bench.py`). It starts
+PEERS mesh-only node processes on 127.0.0.1 (this file with --node: a LibP2PMesh with the
+daemon's defaults, reporting events as JSON lines), joined through the first one, and
+- full view: launch of the other PEERS-1 nodes -> every node sees PEERS-1 alive (RUNS runs);
+- gossip: a random node publishes on beemesh/tasks every 50 ms; publish -> delivery at each of
+  the other nodes (same machine, same clock);
+- failure detection: kill -9 of a node -> PeerLeft at each survivor (KILLS kills);
+- RSS: a real beemeshd (test user) alone with mesh off and on, then joined to the PEERS nodes;
+- the in-memory mesh: virtual and wall time for SIM peers to converge under trio's MockClock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.common import machine, summary  # noqa: E402
+
+
+# --- the node process ------------------------------------------------------------------------
+
+def node(boot: str | None) -> None:
+    import logging
+
+    import trio
+
+    from beemeshd.core import protocol as proto
+    from beemeshd.mesh.host import LibP2PMesh
+
+    logging.basicConfig(level=logging.WARNING)
+
+    def say(**event):
+        print(json.dumps({**event, "t": time.time()}), flush=True)
+
+    async def main():
+        from beemeshd.core.membership import Timings
+        kw = {}
+        if os.environ.get("XPING"):
+            a, b, c = map(float, os.environ["XPING"].split(","))
+            kw["timings"] = Timings(a, b, c)
+        mesh = LibP2PMesh(os.urandom(32), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[boot] if boot else [],
+                          heartbeat=float(os.environ.get("XHB", "0.5")), **kw)
+        mesh.RECORD_REFRESH = float(os.environ.get("XREC", "10"))
+
+        def on_event(kind, peer):
+            alive = sum(p.state == "alive" for p in mesh.peers())
+            say(event=kind, peer=peer, alive=alive)
+
+        mesh.on_peer_event = on_event
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            say(event="up", addr=mesh.addresses()[0], peer=mesh.peer_id)
+
+            async def deliveries():
+                async for env in mesh.subscribe(proto.TOPIC_TASKS):
+                    say(event="recv", id=env.payload["id"], sender=env.sender)
+
+            nursery.start_soon(deliveries)
+            stdin = trio.lowlevel.FdStream(os.dup(0))
+            buf = b""
+            async for chunk in stdin:
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    cmd = line.decode().split()
+                    if cmd and cmd[0] == "pub":
+                        say(event="sent", id=cmd[1])
+                        await mesh.publish(proto.TOPIC_TASKS, {"id": cmd[1]})
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+class Node:
+    def __init__(self, boot: str | None = None):
+        argv = [sys.executable, str(Path(__file__).resolve()), "--node"] + (["--boot", boot] if boot else [])
+        self.launched = time.time()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=HERE.parent)
+        self.events: queue.Queue = queue.Queue()
+        self.log: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        up = self.wait("up", 30)
+        self.addr, self.peer_id = up["addr"], up["peer"]
+
+    def _read(self):
+        for line in self.proc.stdout:
+            ev = json.loads(line)
+            self.log.append(ev)
+            self.events.put(ev)
+
+    def wait(self, event: str, timeout: float, **match) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            if ev["event"] == event and all(ev.get(k) == v for k, v in match.items()):
+                return ev
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def first_time(n: Node, cond, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in list(n.log):
+            if cond(ev):
+                return ev["t"]
+        time.sleep(0.02)
+    raise TimeoutError
+
+
+def full_view_run(peers: int) -> tuple[float, list[Node]]:
+    nodes = [Node()]
+    t0 = time.time()
+    nodes += [Node(nodes[0].addr) for _ in range(peers - 1)]
+    t = max(first_time(n, lambda e: e.get("alive", 0) >= peers - 1, 60) for n in nodes)
+    return t - t0, nodes
+
+
+def gossip(nodes: list[Node], messages: int) -> list[float]:
+    samples = []
+    for i in range(messages):
+        random.choice(nodes).send(f"pub m{i}")
+        time.sleep(0.05)
+    time.sleep(2)
+    sent = {e["id"]: e["t"] for n in nodes for e in n.log if e["event"] == "sent"}
+    for n in nodes:
+        for e in n.log:
+            if e["event"] == "recv" and e["sender"] != n.peer_id and e["id"] in sent:
+                samples.append(e["t"] - sent[e["id"]])
+    return samples
+
+
+def detection(nodes: list[Node], kills: int) -> tuple[list[float], list[float]]:
+    left, suspect = [], []
+    alive = nodes[1:]
+    for _ in range(kills):
+        victim = alive.pop(random.randrange(len(alive)))
+        t0 = time.time()
+        victim.stop()
+        for n in [nodes[0], *alive]:
+            left.append(first_time(n, lambda e: e["event"] == "PeerLeft" and e["peer"] == victim.peer_id, 15) - t0)
+            suspect.append(first_time(n, lambda e: e["event"] == "PeerSuspect" and e["peer"] == victim.peer_id, 15)
+                           - t0)
+    return left, suspect
+
+
+def daemon_rss(boot: str | None = None, peers: int = 0) -> dict:
+    import pwd
+    import shutil
+    import tempfile
+
+    from bench.varlink_latency import rss_mb
+    from tests.conftest import TEST_USER, User
+    from tests.integration.daemons import Daemon
+
+    pw = pwd.getpwnam(TEST_USER)
+    user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+    out = {}
+    for label, extra in (("mesh off", {"mesh_enabled": False}), ("mesh on, alone", {}),
+                         (f"mesh on, {peers} peers", {"mesh_bootstrap": [boot]} if boot else None)):
+        if extra is None:
+            continue
+        home = Path(tempfile.mkdtemp(prefix="beemesh-bench-"))
+        os.chown(home, user.uid, user.gid)
+        d = Daemon(user, home, {"log_level": "warning", "podman_endpoint": "tcp://127.0.0.1:9", "mesh_mdns": False,
+                                **extra}).start()
+        try:
+            if boot:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and d.call("GetInfo").json["info"]["peersAlive"] < peers:
+                    time.sleep(0.2)
+            time.sleep(5)
+            out[label] = rss_mb(d.proc.pid)
+        finally:
+            d.stop()
+            shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def fake_convergence(n: int) -> tuple[float, float]:
+    import trio
+    import trio.testing
+
+    from beemeshd.mesh.fake import FakeMesh, FakeNetwork
+
+    result = []
+
+    async def main():
+        net = FakeNetwork(latency=0.002, jitter=0.002, seed=1)
+        async with trio.open_nursery() as nursery:
+            first = FakeMesh(net)
+            ms = [first] + [FakeMesh(net, bootstrap=[first.peer_id]) for _ in range(n - 1)]
+            for m in ms:
+                await nursery.start(m.run)
+            t0, w0 = trio.current_time(), time.perf_counter()
+            while not all(sum(p.state == "alive" for p in m.peers()) == n - 1 for m in ms):
+                await trio.sleep(0.05)
+            result.append((trio.current_time() - t0, time.perf_counter() - w0))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return result[0]
+
+
+def fmt(name: str, s: dict, unit: str = "s", scale: float = 1.0) -> str:
+    return f"{name}: p50 {s['p50'] * scale:.3f} {unit}, p99 {s['p99'] * scale:.3f} {unit} (n={s['n']})"
+
+
+def main() -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--node", action="store_true")
+    p.add_argument("--boot")
+    p.add_argument("--peers", type=int, default=20)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--messages", type=int, default=100)
+    p.add_argument("--kills", type=int, default=4)
+    p.add_argument("--sim", type=int, default=300)
+    args = p.parse_args()
+    if args.node:
+        return node(args.boot)
+    print(machine())
+    results: dict = {}
+    views, nodes = [], []
+    try:
+        for run in range(args.runs):
+            took, nodes = full_view_run(args.peers)
+            views.append(took)
+            if run < args.runs - 1:
+                for n in nodes:
+                    n.stop()
+        results["full_view"] = summary(views)
+        print(fmt(f"{args.peers} peers: launch -> full view everywhere", results["full_view"]))
+        time.sleep(2)
+        results["gossip_ms"] = summary(gossip(nodes, args.messages), 1000)
+        print(fmt(f"gossip publish -> deliver, {args.peers} peers", results["gossip_ms"], "ms"))
+        results["rss_mb"] = daemon_rss(nodes[0].addr, args.peers)
+        for k, v in results["rss_mb"].items():
+            print(f"beemeshd idle RSS, {k}: {v:.1f} MB")
+        left, suspect = detection(nodes, args.kills)
+        results["suspect"], results["dead"] = summary(suspect), summary(left)
+        print(fmt("kill -9 -> PeerSuspect at each survivor", results["suspect"]))
+        print(fmt("kill -9 -> PeerLeft (dead) at each survivor", results["dead"]))
+    finally:
+        for n in nodes:
+            n.stop()
+    virtual, wall = fake_convergence(args.sim)
+    results["fake"] = {"peers": args.sim, "virtual_s": virtual, "wall_s": wall}
+    print(f"in-memory mesh, {args.sim} peers: full view after {virtual:.2f} s virtual ({wall:.1f} s wall)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
