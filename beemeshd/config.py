@@ -68,6 +68,10 @@ class Config:
     dead_after_seconds: float = 3.0
     # GossipSub heartbeat (mesh maintenance and gossip of message ids).
     gossip_heartbeat_seconds: float = 0.5
+    # Placement: how many peers keep each workload's manifest (the k closest by XOR distance),
+    # and how long a Deploy waits for bids from peers that have not answered yet.
+    replication_k: int = 3
+    bid_window_seconds: float = 0.25
 
     @classmethod
     def default(cls) -> "Config":

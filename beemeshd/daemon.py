@@ -124,7 +124,7 @@ class Node:
             "peersAlive": counts["alive"],
             "peersSuspect": counts["suspect"],
             "peersDead": counts["dead"],
-            "workloads": len(self.workloads.store.records) if self.workloads else 0,
+            "workloads": self.workloads.count() if self.workloads else 0,
             "localReplicas": len(self.workloads.agent.observed) if self.workloads else 0,
             "counters": counters,
         }
@@ -163,6 +163,38 @@ def peer_dict(p) -> dict:
         "network": rec.get("network", ""),
         "labels": dict(rec.get("labels", {})),
     }
+
+
+def make_placement(config: Config, node: Node, agent: Agent):
+    """Placement over the mesh: catalog (persisted in part), auction, status; wired to the agent."""
+    import ipaddress
+
+    from beemeshd.catalog_store import CatalogStore
+    from beemeshd.core.catalog import Catalog
+    from beemeshd.mesh_workloads import Workloads as MeshWorkloads
+    from beemeshd.placement import Placement, local_state
+
+    catalog = Catalog(node.identity.peer_id, k=config.replication_k)
+    alive = lambda: [p.peer_id for p in node.mesh.peers() if p.state != "dead"]  # noqa: E731
+    stored = CatalogStore(config.state_dir, alive)
+    stored.load(catalog)
+    cpu_total, memory_total = hostinfo.cpu_millis(), hostinfo.memory_bytes()[0]
+    loopback = ipaddress.ip_address(config.publish_host_ip).is_loopback
+    placement = None
+
+    def self_state():
+        st = node.runtime_status
+        return local_state(placement, cpu_total=cpu_total, memory_total=memory_total, max_pods=config.max_pods,
+                           uptime=time.monotonic() - node.started,
+                           runtime_available=bool(st is not None and st.available), loopback=loopback)
+
+    placement = Placement(node.mesh, catalog, node.events, self_state=self_state, window=config.bid_window_seconds,
+                          on_change=agent.poke, persist=stored.save)
+    agent.wanted = placement.wanted
+    agent.remote_ready = placement.remote_ready
+    node.workloads = MeshWorkloads(placement, agent, node.runtime, node.events, node.identity.peer_id,
+                                   runtime_status=node.refresh_runtime)
+    return placement
 
 
 def make_node_mesh(config: Config, node: Node):
@@ -259,13 +291,20 @@ class Daemon:
         )
         link = link_registry(config, path) if isinstance(path, str) and path else None
         node.runtime = make_runtime(config)
-        store = Store(config.state_dir)
-        store.load()
-        agent = Agent(node.runtime, store, node.events, host_ip=config.publish_host_ip,
+        agent = Agent(node.runtime, None, node.events, host_ip=config.publish_host_ip,
                       backoff=Backoff(config.backoff_base_seconds, config.backoff_cap_seconds),
                       interval=config.reconcile_interval_seconds, peer_id=node.identity.peer_id)
-        node.workloads = Workloads(store, agent, node.runtime, node.events, node.identity.peer_id,
-                                   runtime_status=node.refresh_runtime)
+        placement = None
+        if config.mesh_enabled:
+            node.mesh = make_node_mesh(config, node)
+            node.mesh.set_record(node.mesh_record())
+            placement = make_placement(config, node, agent)
+        else:  # alone: desired state is this peer's own store, every replica runs here
+            store = Store(config.state_dir)
+            store.load()
+            agent.store = store
+            node.workloads = Workloads(store, agent, node.runtime, node.events, node.identity.peer_id,
+                                       runtime_status=node.refresh_runtime)
         server = VarlinkServer(
             Interface.load(),
             MeshHandlers(node),
@@ -275,20 +314,21 @@ class Daemon:
             grace=config.shutdown_grace_seconds,
             on_bad_connection=lambda: setattr(node.counters, "badConnections", node.counters.badConnections + 1),
         )
-        if config.mesh_enabled:
-            node.mesh = make_node_mesh(config, node)
-            node.mesh.set_record(node.mesh_record())
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(server.run, sock)
                 nursery.start_soon(self._stop_on_signal, signals, server)
                 nursery.start_soon(self._connect_runtime, node)
                 if node.mesh is not None:
                     await nursery.start(node.mesh.run)
                     nursery.start_soon(self._refresh_mesh_record, node)
+                    await nursery.start(placement.run)
+                    nursery.start_soon(node.workloads.status_loop)
                 await nursery.start(agent.run)
-                log.info("beemeshd %s serving %s as peer %s", __version__, node.address, node.identity.peer_id)
+                # Ready once every part runs; the socket is already bound (or systemd's), so
+                # clients that connected meanwhile wait in its backlog and are served next.
                 systemd.notify(f"READY=1\nSTATUS=serving {INTERFACE_NAME}")
+                await nursery.start(server.run, sock)
+                log.info("beemeshd %s serving %s as peer %s", __version__, node.address, node.identity.peer_id)
                 await self._wait_for(server)
                 nursery.cancel_scope.cancel()
         finally:

@@ -40,6 +40,9 @@ class Workloads:
         self.events = events
         self.peer_id = peer_id
 
+    def count(self) -> int:
+        return len(self.placement.catalog.live())
+
     # -- views -------------------------------------------------------------------------------------
     def rows(self, d: Decision) -> list[dict]:
         """Replica rows (interface type Replica) by ordinal, wherever they run."""

@@ -35,6 +35,9 @@ class Workloads:
         self.events = events
         self.peer_id = peer_id
 
+    def count(self) -> int:
+        return len(self.store.records)
+
     # -- views -------------------------------------------------------------------------------------
     def view(self, rec: Record) -> dict:
         w = rec.workload

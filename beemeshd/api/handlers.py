@@ -93,4 +93,8 @@ class MeshHandlers:
         return gen()
 
     async def Explain(self, call: Call, name, namespace=None) -> dict:
-        raise errors.NotImplementedYet("Explain", "placement by bids lands with the mesh (issue 6)")
+        explain = getattr(self.node.workloads, "explain", None)
+        if explain is None:
+            raise errors.NotImplementedYet("Explain", "this daemon runs without the mesh (mesh_enabled = false): "
+                                           "every replica runs here")
+        return {"explanation": explain(name, namespace)}

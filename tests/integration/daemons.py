@@ -79,9 +79,13 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"beemeshd exited with {self.proc.returncode}:\n{self.log_text()}")
             try:
+                # Bound is not enough (the socket exists before the server runs): wait for an answer.
                 with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(max(0.1, deadline - time.monotonic()))
                     s.connect(str(self.socket_path))
-                return self
+                    s.sendall(b'{"method":"org.varlink.service.GetInfo"}\0')
+                    if s.recv(65536):
+                        return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"beemeshd did not listen within {timeout} s:\n{self.log_text()}")

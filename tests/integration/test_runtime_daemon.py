@@ -167,6 +167,7 @@ def test_statefulset_ordered_names_and_order(node):
     watch = subprocess.Popen([str(node.address and __import__("tests.conftest", fromlist=["VARLINKCTL"]).VARLINKCTL),
                               "call", "--more", node.address, "io.beemesh.Mesh.Watch", '{"peers": false}'],
                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # let the Watch subscribe before the Deploy
     try:
         r = node.call("Deploy", {"manifest": web("db", replicas=3, kind="StatefulSet"), "wait": True,
                                  "timeoutSeconds": 60})

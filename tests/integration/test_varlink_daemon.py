@@ -71,10 +71,14 @@ def test_unknown_method(daemon):
     assert r.rc == 1 and r.error == "org.varlink.service.MethodNotFound"
 
 
-def test_unimplemented_methods_answer_a_documented_error(daemon):
-    r = daemon.call("Explain", {"name": "web"})
-    assert r.rc == 1 and r.error == "io.beemesh.Mesh.NotImplemented"
-    assert r.json["method"] == "Explain"
+def test_unimplemented_methods_answer_a_documented_error(user, user_tmp, varlinkctl):
+    alone = Daemon(user, user_tmp, {"mesh_enabled": False}).start()
+    try:
+        r = alone.call("Explain", {"name": "web"})
+        assert r.rc == 1 and r.error == "io.beemesh.Mesh.NotImplemented"
+        assert r.json["method"] == "Explain" and "mesh_enabled" in r.json["reason"]
+    finally:
+        assert alone.stop() == 0
 
 
 def test_socket_permissions_and_registry_link(daemon):
