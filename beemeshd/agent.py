@@ -158,6 +158,7 @@ class Agent:
             await self.runtime.create_pod(d.spec)
             m.failed_create, m.message = False, None
         except RuntimeFailure as exc:
+            log.warning("creating pod %s failed: %s", d.pod, exc.reason)
             rc.after_create_failure(m, exc.reason, self.clock(), self.backoff)
             self.events.publish(make_event("ReplicaFailed", namespace=d.workload.namespace, name=d.workload.name,
                                            replica=d.replica, generation=d.generation, message=exc.reason))

@@ -69,5 +69,5 @@ def setup_logging(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # libp2p logs every stream at INFO; keep it quiet unless asked.
-    for noisy in ("libp2p", "urllib3"):
+    for noisy in ("libp2p", "urllib3", "multiaddr", "async_service", "aioquic", "zeroconf"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

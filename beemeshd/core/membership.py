@@ -14,11 +14,14 @@ can be replayed long after its owner died. Dead peers are re-probed with back-of
 (redial_min … redial_max) so a peer that returns, or the far side of a healed partition, is
 noticed; dead entries are forgotten after `forget_after`.
 
-If this peer itself stalls (a tick arrives much later than expected), the silence is ours, not
-theirs: the stall is credited to every peer instead of declaring the whole mesh dead.
+If this peer runs late (a tick arrives later than one ping interval after the previous one: an
+overloaded CPU, a stopped process), that much silence is ours, not theirs: the lateness is
+credited to every peer (Lifeguard's "local health" idea, simplified) instead of declaring the
+mesh dead. Under a CPU that is merely busy this stretches the timeouts by the measured lag.
 
-Events are ("PeerJoined" | "PeerSuspect" | "PeerLeft", peer id). PeerJoined is emitted whenever
-a peer becomes alive: first contact, recovery from suspect, or return after being dead.
+Events are ("PeerJoined" | "PeerRecovered" | "PeerSuspect" | "PeerLeft", peer id): PeerJoined
+when a peer becomes alive from pending or dead (first contact, return), PeerRecovered when a
+suspect answers again. Clients see both as PeerJoined; only a real join calls for a view sync.
 
 Long-lived peers are preferred (the seed's Kademlia property: old contacts are the ones most
 likely to stay). `contacts(k)` draws k alive peers without replacement with probability
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 SELF, PENDING, ALIVE, SUSPECT, DEAD = "self", "pending", "alive", "suspect", "dead"
 JOINED, SUSPECTED, LEFT = "PeerJoined", "PeerSuspect", "PeerLeft"
+RECOVERED = "PeerRecovered"  # suspect -> alive; reported to clients as PeerJoined
 UPTIME_CAP = 86400.0
 
 
@@ -102,11 +106,12 @@ class Membership:
         m.last_heard = max(m.last_heard, now)
         if m.state == ALIVE:
             return []
-        if m.state != SUSPECT:
+        recovered = m.state == SUSPECT
+        if not recovered:
             m.alive_since = now  # the streak restarts after dead/pending, not after a brief suspicion
         m.state = ALIVE
         m.redial = 0.0
-        return [(JOINED, peer_id)]
+        return [(RECOVERED if recovered else JOINED, peer_id)]
 
     def learned(self, peer_id: str, record: dict, raw: bytes, seq: int, now: float) -> bool:
         """A validated record; True when it is newer than what we had. Not evidence of life."""
@@ -127,10 +132,10 @@ class Membership:
 
     def tick(self, now: float) -> list[tuple[str, str]]:
         t = self.timings
-        if self._last_tick is not None and now - self._last_tick > t.suspect_after:
-            stall = now - self._last_tick - t.ping_interval
+        late = 0.0 if self._last_tick is None else now - self._last_tick - t.ping_interval
+        if late > 0:  # we ran late: that much of their silence is ours
             for m in self.members.values():
-                m.last_heard += stall
+                m.last_heard += late
         self._last_tick = now
         events: list[tuple[str, str]] = []
         for pid, m in list(self.members.items()):

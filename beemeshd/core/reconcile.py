@@ -105,13 +105,13 @@ def desired_pods(records: Iterable[tuple], host_ip: str, peer_id: str = "") -> d
         if w.template is None:
             continue  # a Service runs nothing
         h = render.template_hash(w)
-        local = 0  # rank among this peer's replicas of the workload: picks its publish address
         for ordinal, replica in enumerate(w.replica_names()):
             if only is not None and replica not in only:
                 continue
-            spec = render.render(w, ordinal, generation, host_ip=host_ip, local_index=local, peer_id=peer_id)
+            # The ordinal picks the publish address (base + ordinal on loopback): stable whatever
+            # else runs here, so a replica moving in never collides with one already running.
+            spec = render.render(w, ordinal, generation, host_ip=host_ip, local_index=ordinal, peer_id=peer_id)
             out[spec.name] = Desired(w, generation, ordinal, replica, spec, h)
-            local += 1
     return out
 
 

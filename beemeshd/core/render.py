@@ -38,12 +38,13 @@ def template_hash(w: Workload) -> str:
 
 
 def publish_ip(base: str, index: int) -> str:
-    """Address for the `index`-th local replica of a workload publishing a hostPort.
+    """Address for replica `index` (its ordinal) of a workload publishing a hostPort.
 
     Two replicas of one workload on one peer cannot bind the same hostIP:hostPort. On a loopback
-    base (the default, 127.0.0.1) each gets its own address (127.0.0.1, .2, ...) — the whole
-    127/8 answers on `lo` — so every replica is reachable; on any other address the second one
-    fails to bind and stays pending with the runtime's reason, as in Kubernetes.
+    base (the default, 127.0.0.1) replica k binds base + k — the whole 127/8 answers on `lo` —
+    so every replica is reachable; on any other address all bind the same one, and a second
+    replica on the same peer fails to bind and stays failed with the runtime's reason, as
+    Kubernetes would leave it pending.
     """
     ip = ipaddress.ip_address(base)
     if index and ip.is_loopback and ip.version == 4:

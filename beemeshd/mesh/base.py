@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import trio
 
 from beemeshd.core import protocol as proto
-from beemeshd.core.membership import ALIVE, JOINED, LEFT, Membership, Timings
+from beemeshd.core.membership import ALIVE, JOINED, LEFT, RECOVERED, Membership, Timings
 from beemeshd.errors import PeerUnreachable
 
 log = logging.getLogger("beemeshd.mesh")
@@ -121,7 +121,11 @@ class MeshBase:
         raise NotImplementedError
 
     async def _drop(self, peer_id: str) -> None:
-        """Forget the connection to a dead peer, so a later probe dials afresh."""
+        """Close the connection to a dead peer whose redial probe failed too, so that the next
+        probe dials afresh (a dead link can look connected for 20 s). Not at the moment it is
+        declared dead: if that was a mistake (an overloaded peer), tearing connections down
+        makes everyone redo handshakes and the overload worse — a cascade seen with 20 peers
+        starting at once on 2 cores."""
 
     def _register(self, protocol: str) -> None:
         """Serve `protocol` on the transport (called for handlers added while running)."""
@@ -305,6 +309,10 @@ class MeshBase:
     def _emit(self, events: list[tuple[str, str]]) -> None:
         for kind, peer in events:
             log.info("%s %s", kind, peer)
+            if kind == RECOVERED:  # nothing to sync after a brief silence; clients see a join
+                kind = JOINED
+                self._callback(kind, peer)
+                continue
             if self._nursery is not None:
                 if kind == JOINED:
                     self._nursery.start_soon(self._sync, peer)
@@ -312,13 +320,15 @@ class MeshBase:
                         self._announced = True
                         self._nursery.start_soon(self._announce)
                 elif kind == LEFT:
-                    self._nursery.start_soon(self._drop, peer)
                     if self.membership.counts()[ALIVE] == 0:
                         self._announced = False  # cut off from everyone: announce again on return
-            try:
-                self.on_peer_event(kind, peer)
-            except Exception:
-                log.exception("peer event callback failed")
+            self._callback(kind, peer)
+
+    def _callback(self, kind: str, peer: str) -> None:
+        try:
+            self.on_peer_event(kind, peer)
+        except Exception:
+            log.exception("peer event callback failed")
 
     async def _probe_loop(self) -> None:
         t = self.timings
@@ -332,14 +342,18 @@ class MeshBase:
             await trio.sleep(t.ping_interval)
 
     async def _probe_one(self, peer_id: str) -> None:
+        ok = False
         try:
             with trio.move_on_after(self.timings.dead_after):
-                if await self._probe(peer_id, self._addresses_of(peer_id)):
-                    self._emit(self.membership.heard(peer_id, self._now()))
+                ok = await self._probe(peer_id, self._addresses_of(peer_id))
         except Exception as exc:  # a failed probe is information, not an error
             log.debug("probe of %s failed: %r", peer_id, exc)
         finally:
             self._probing.discard(peer_id)
+        if ok:
+            self._emit(self.membership.heard(peer_id, self._now()))
+        elif (m := self.membership.get(peer_id)) is not None and m.state == "dead":
+            await self._drop(peer_id)
 
     async def _bootstrap_loop(self) -> None:
         """Keep trying bootstrap peers that are not in the view (first start, or after a restart)."""
