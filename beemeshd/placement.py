@@ -159,7 +159,10 @@ class Placement:
         todo = [r for r in replicas if r not in keep]
         placed, rules, bids, declined = {}, {}, [], []
         if todo:
-            placed, rules, bids, declined = await self._auction(w, todo)
+            held: dict[str, int] = {}
+            for p in keep.values():
+                held[p] = held.get(p, 0) + 1
+            placed, rules, bids, declined = await self._auction(w, todo, held)
             if not keep and not any(placed.values()):
                 raise errors.NoCapacity(w.name, [{"peer": p, "reason": r} for p, r in declined]
                                         or [{"peer": self.peer_id, "reason": "no peer answered"}])
@@ -183,7 +186,7 @@ class Placement:
         await self.mesh.publish(TOPIC_EVENTS, {"type": "decision", "decision": d.to_wire()})
 
     # -- the auction -------------------------------------------------------------------------------
-    async def _auction(self, w: Workload, replicas: list[str]):
+    async def _auction(self, w: Workload, replicas: list[str], elsewhere: dict[str, int] | None = None):
         cpu, mem = w.template.requests()
         ports = tuple(sorted({(p.host_port, p.protocol.lower()) for c in w.template.containers
                               for p in c.ports if p.host_port}))
@@ -203,7 +206,7 @@ class Placement:
         bids = [a for a in answers.values() if isinstance(a, sch.Bid)]
         declined = sorted((a.peer_id, a.reason) for a in answers.values() if isinstance(a, sch.Decline))
         declined += [(p, "did not answer in time") for p in sorted(expected - answers.keys())]
-        decision = sch.choose(task, bids)
+        decision = sch.choose(task, bids, elsewhere=elsewhere)
         placed = decision.peers()
         rules = {p.replica: p.rule for p in decision.placements}
         bid_views = [_bid_view(b, verified=True) for b in sch.rank(task.task_id, bids)]
@@ -317,7 +320,11 @@ class Placement:
                 continue  # nothing changed since the last try (e.g. still no capacity)
             self._heal_tried[key] = attempt
             w = self.workload(d)
-            placed, rules, bids, declined = await self._auction(w, lost)
+            held: dict[str, int] = {}
+            for r, p in d.assignments:
+                if r not in lost:
+                    held[p] = held.get(p, 0) + 1
+            placed, rules, bids, declined = await self._auction(w, lost, held)
             if not any(placed.values()):
                 continue
             old = dict(d.assignments)
@@ -325,7 +332,8 @@ class Placement:
             all_rules = dict(d.rules)
             for r in lost:
                 was = old.get(r)
-                all_rules[r] = f"re-placed: {was or 'unplaced'} {'is dead' if was else ''}; {rules.get(r, '')}".strip()
+                why = f"peer {was} is dead" if was else "was unplaced"
+                all_rules[r] = f"re-placed ({why}): {rules.get(r, '')}"
             healed = replace(d, assignments=assignments, rules=tuple(all_rules.items()), bids=tuple(bids),
                              declined=tuple(declined), origin=self.peer_id, decided_usec=now_usec(),
                              reason="heal", revision=d.revision + 1)

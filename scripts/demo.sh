@@ -55,3 +55,6 @@ ctl delete web --wait
 step "stopping beemeshd (SIGTERM)"
 kill -TERM $PID; wait $PID && echo "beemeshd exited 0"
 trap 'rm -rf "$D"' EXIT
+
+step "a mesh of three peers: deploy, serve from all three, kill one, watch it heal"
+cd "$HERE" && "$VENV/bin/python" scripts/demo_mesh.py

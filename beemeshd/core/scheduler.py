@@ -158,13 +158,15 @@ def rank(task_id: str, bids: list[Bid]) -> list[Bid]:
     return sorted(bids, key=lambda b: (-round(b.score, 9), tiebreak(task_id, b.peer_id)))
 
 
-def choose(task: Task, bids: list[Bid], *, keep: dict[str, str] | None = None) -> Decision:
+def choose(task: Task, bids: list[Bid], *, keep: dict[str, str] | None = None,
+           elsewhere: dict[str, int] | None = None) -> Decision:
     """Winners for the task's replicas: spread over distinct peers first, then doubled up on the
     best peers with room. `keep` maps replicas to peers they already run on (kept if that peer
-    still bid and has room: placements are stable)."""
+    still bid and has room: placements are stable); `elsewhere` counts the workload's replicas
+    outside this task per peer (e.g. the survivors' when re-placing), so spreading counts them."""
     ranked = rank(task.task_id, [b for b in bids if b.task_id == task.task_id and b.capacity > 0])
     room = {b.peer_id: b.capacity for b in ranked}
-    held: dict[str, int] = {}
+    held: dict[str, int] = dict(elsewhere or {})
     decision = Decision()
     todo = []
     for replica in task.replicas:
@@ -185,7 +187,7 @@ def choose(task: Task, bids: list[Bid], *, keep: dict[str, str] | None = None) -
         choice = min(open_, key=lambda b: (held.get(b.peer_id, 0), position[b.peer_id]))
         n = held.get(choice.peer_id, 0)
         rule = (f"highest score {choice.score:.3f} among peers without a replica" if n == 0
-                else f"spread exhausted: replica {n + 1} on best peer with room (score {choice.score:.3f})")
+                else f"spread: replica {n + 1} on the best peer with the fewest (score {choice.score:.3f})")
         room[choice.peer_id] -= 1
         held[choice.peer_id] = n + 1
         decision.placements.append(Placement(replica, choice.peer_id, rule))

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from beemeshd.core.membership import (
-    ALIVE, DEAD, JOINED, LEFT, PENDING, SUSPECT, SUSPECTED, Membership, Timings,
+    ALIVE, DEAD, JOINED, LEFT, PENDING, RECOVERED, SUSPECT, SUSPECTED, Membership, Timings,
 )
 
 T = Timings(ping_interval=0.5, suspect_after=1.5, dead_after=3.0, redial_min=1.0, redial_max=5.0,
@@ -47,7 +47,7 @@ def test_recovery_from_suspect_keeps_the_uptime_streak():
     m.heard("p", 0.0)
     m.tick(2.0)
     assert m.get("p").state == SUSPECT
-    assert m.heard("p", 2.2) == [(JOINED, "p")]
+    assert m.heard("p", 2.2) == [(RECOVERED, "p")]
     assert m.get("p").alive_since == 0.0
 
 

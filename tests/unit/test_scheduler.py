@@ -70,7 +70,14 @@ def test_spread_then_double_up_on_best_with_room():
     bids = [s.evaluate(t, peer("big", uptime=86400)), s.evaluate(t, peer("small", uptime=10, cpu_free=100))]
     d = s.choose(t, bids)
     assert d.peers() == {"web-0": "big", "web-1": "small", "web-2": "big"}
-    assert d.placements[2].rule.startswith("spread exhausted")
+    assert d.placements[2].rule.startswith("spread: replica 2")
+
+
+def test_replicas_elsewhere_count_for_spreading():
+    t = task(replicas=1)
+    bids = [s.evaluate(t, peer("best", uptime=86400)), s.evaluate(t, peer("other", uptime=10))]
+    assert s.choose(t, bids).peers() == {"web-0": "best"}
+    assert s.choose(t, bids, elsewhere={"best": 1}).peers() == {"web-0": "other"}
 
 
 def test_no_capacity_leaves_replicas_unplaced():
