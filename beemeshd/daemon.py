@@ -192,6 +192,13 @@ def make_placement(config: Config, node: Node, agent: Agent):
                           on_change=agent.poke, persist=stored.save)
     agent.wanted = placement.wanted
     agent.remote_ready = placement.remote_ready
+    publish = node.mesh.on_peer_event
+
+    def on_peer_event(kind: str, peer: str) -> None:
+        publish(kind, peer)
+        placement.peer_event(kind, peer)
+
+    node.mesh.on_peer_event = on_peer_event
     node.workloads = MeshWorkloads(placement, agent, node.runtime, node.events, node.identity.peer_id,
                                    runtime_status=node.refresh_runtime)
     return placement

@@ -68,6 +68,7 @@ class Placement:
         self._parsed: dict[tuple[Key, int], Workload] = {}
         self._heal_tried: dict[Key, tuple] = {}
         self._status_seq: dict[tuple, int] = {}
+        self._heal_now = trio.Event()
         self._seq = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -301,9 +302,16 @@ class Placement:
                                            generation=row.get("generation"), message=row.get("message")))
 
     # -- healing and anti-entropy ------------------------------------------------------------------
+    def peer_event(self, kind: str, peer: str) -> None:
+        """The failure detector's news: heal at once instead of at the next tick."""
+        if kind in ("PeerLeft", "PeerJoined"):
+            self._heal_now.set()
+
     async def _heal_loop(self) -> None:
         while True:
-            await trio.sleep(HEAL_INTERVAL)
+            with trio.move_on_after(HEAL_INTERVAL):
+                await self._heal_now.wait()
+            self._heal_now = trio.Event()
             try:
                 await self.heal_once()
             except (errors.BeeMeshError, trio.BrokenResourceError) as exc:
