@@ -406,12 +406,16 @@ def local_state(placement: Placement, *, cpu_total: int, memory_total: int, max_
     """This peer as a bidder: capacity left after the requests of the replicas placed here
     (scheduling by requests, as Kubernetes does, not by momentary usage)."""
     cpu = mem = pods = 0
+    ports = set()
     for d, replicas in placement.catalog.mine():
         try:
-            c, m = placement.workload(d).template.requests()
+            t = placement.workload(d).template
         except errors.InvalidManifest:
             continue
+        c, m = t.requests()
         cpu, mem, pods = cpu + c * len(replicas), mem + m * len(replicas), pods + len(replicas)
+        ports |= {(p.host_port, p.protocol.lower(), key_str(d.key)) for c_ in t.containers for p in c_.ports
+                  if p.host_port}
     return sch.PeerState(placement.peer_id, cpu_total - cpu, cpu_total, memory_total - mem, memory_total,
-                         max_pods - pods, max_pods, uptime, labels, trust=trust,
+                         max_pods - pods, max_pods, uptime, labels, trust=trust, host_ports_in_use=frozenset(ports),
                          loopback_publishing=loopback, runtime_available=runtime_available)

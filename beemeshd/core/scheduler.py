@@ -55,7 +55,9 @@ class PeerState:
     failed: int = 0  # replicas promised and not delivered
     trust: float = 0.5
     images: frozenset[str] | None = None  # None: unknown (assume pullable)
-    host_ports_in_use: frozenset[tuple[int, str]] = frozenset()
+    # (port, protocol, workload) published here; another workload's replica cannot share a hostPort
+    # (its own replicas can: each binds its own loopback address)
+    host_ports_in_use: frozenset[tuple] = frozenset()
     loopback_publishing: bool = True  # replicas of one workload get their own 127.x address
     runtime_available: bool = True
 
@@ -121,7 +123,8 @@ def evaluate(task: Task, me: PeerState, *, policy_denial: str | None = None) -> 
         missing = [i for i in task.images if i not in me.images]
         if missing:
             return decline(f"image {missing[0]} is not available here")
-    busy = [f"{p}/{proto}" for p, proto in task.host_ports if (p, proto) in me.host_ports_in_use]
+    taken = {(p, proto) for p, proto, *owner in me.host_ports_in_use if not owner or owner[0] != task.workload}
+    busy = [f"{p}/{proto}" for p, proto in task.host_ports if (p, proto) in taken]
     if busy:
         return decline(f"hostPort {busy[0]} already in use")
     limits = [me.pods_free]

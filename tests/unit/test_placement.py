@@ -19,8 +19,8 @@ IMAGE = "localhost/beemesh-busybox:latest"
 GI = 1 << 30
 
 
-def deployment(name="web", replicas=3, cpu="500m", kind="Deployment"):
-    c = {"name": "app", "image": IMAGE, "ports": [{"containerPort": 8080, "hostPort": 18080}],
+def deployment(name="web", replicas=3, cpu="500m", kind="Deployment", port=18080):
+    c = {"name": "app", "image": IMAGE, "ports": [{"containerPort": 8080, "hostPort": port}],
          "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}
     spec = {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}}
@@ -169,3 +169,52 @@ async def test_statefulset_replicas_are_not_moved(net, nursery, autojump_clock):
     view = peers[0].w.get("db", None, None)
     row = next(r for r in view["replicaStatus"] if r["peer"] == victim_id)
     assert row["state"] == "pending" and "not moved" in row["message"]
+
+
+async def test_twelve_peers_random_loss_nothing_lost_spread_kept(nursery, autojump_clock):
+    import random
+
+    rng = random.Random(7)
+    net = FakeNetwork(latency=0.002, jitter=0.003, seed=11)
+    peers = await mesh_of(nursery, net, 12)
+    sizes = {"a": 3, "b": 5, "c": 2, "d": 4}
+    for i, (name, n) in enumerate(sizes.items()):
+        await deploy(rng.choice(peers), deployment(name, replicas=n, cpu="100m", port=18080 + i))
+    victims = rng.sample(peers, 3)
+    for v in victims:
+        v.kill()
+    alive = [p for p in peers if p not in victims]
+    dead = {v.id for v in victims}
+
+    def settled():
+        for name, n in sizes.items():
+            views = [p.w.get(name, None, None) for p in alive]
+            if any(v["readyReplicas"] != n or any(r["peer"] in dead for r in v["replicaStatus"]) for v in views):
+                return False
+        return True
+
+    with trio.move_on_after(60):
+        while not settled():
+            await trio.sleep(0.25)
+    if not settled():  # say what is missing
+        for name in sizes:
+            v = alive[0].w.get(name, None, None)
+            print(name, v["readyReplicas"], [(r["name"], r["peer"][-6:] if r["peer"] else None, r["state"],
+                                              r["peer"] in dead) for r in v["replicaStatus"]])
+        raise AssertionError("not healed")
+    for name, n in sizes.items():
+        # every survivor agrees on one placement, and it spreads: no peer holds two replicas
+        orders = {p.placement.catalog.entries[("default", "Deployment", name)].order() for p in alive}
+        assert len(orders) == 1
+        placed = [r["peer"] for r in alive[0].w.get(name, None, None)["replicaStatus"]]
+        assert len(set(placed)) == n
+    # exactly one pod per replica runs on the survivors
+    assert sum(len(p.runtime.pod_names()) for p in alive) == sum(sizes.values())
+
+
+async def test_a_hostport_taken_by_another_workload_means_no_bid(net, nursery, autojump_clock):
+    a, b = await mesh_of(nursery, net, 2)
+    await deploy(a, deployment("first", replicas=2, cpu="100m"))
+    with pytest.raises(errors.NoCapacity) as exc:
+        await deploy(b, deployment("second", replicas=1, cpu="100m"))  # same hostPort 18080
+    assert all("hostPort 18080/tcp already in use" in r["reason"] for r in exc.value.reasons)

@@ -25,11 +25,17 @@ def peer(pid, cpu_free=2000, mem_free=4 * GI, pods_free=100, uptime=3600.0, **kw
     (peer("a", pods_free=0), {}, "no pod slots left"),
     (peer("a", labels=(("disk", "hdd"),)), {"node_selector": (("disk", "ssd"),)}, "nodeSelector disk=ssd"),
     (peer("a", images=frozenset()), {"images": ("localhost/x:1",)}, "image localhost/x:1 is not available"),
-    (peer("a", host_ports_in_use=frozenset({(8080, "tcp")})), {"host_ports": ((8080, "tcp"),)}, "hostPort 8080/tcp"),
+    (peer("a", host_ports_in_use=frozenset({(8080, "tcp", "default/Deployment/other")})),
+     {"host_ports": ((8080, "tcp"),)}, "hostPort 8080/tcp"),
 ])
 def test_declines_say_why(me, kw, reason):
     d = s.evaluate(task(**kw), me)
     assert isinstance(d, s.Decline) and reason in d.reason
+
+
+def test_own_replicas_may_share_a_hostport():
+    me = peer("a", host_ports_in_use=frozenset({(8080, "tcp", "default/Deployment/web")}))
+    assert isinstance(s.evaluate(task(host_ports=((8080, "tcp"),)), me), s.Bid)
 
 
 def test_policy_denial_means_no_bid():
