@@ -326,8 +326,12 @@ class Daemon:
                 nursery.start_soon(self._stop_on_signal, signals, server)
                 nursery.start_soon(self._connect_runtime, node)
                 if node.mesh is not None:
-                    await nursery.start(node.mesh.run)
-                    nursery.start_soon(self._refresh_mesh_record, node)
+                    try:
+                        await nursery.start(node.mesh.run)
+                        nursery.start_soon(self._refresh_mesh_record, node)
+                    except OSError as exc:  # e.g. a configured mesh port is taken
+                        log.error("mesh: %s; serving without the mesh", exc)
+                        node.mesh = None
                     await nursery.start(placement.run)
                     nursery.start_soon(node.workloads.status_loop)
                 await nursery.start(agent.run)

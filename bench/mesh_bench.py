@@ -3,9 +3,12 @@
 Run as root from the checkout (`/var/lib/beemesh/venv/bin/python bench/mesh_bench.py`). It starts
 PEERS mesh-only node processes on 127.0.0.1 (this file with --node: a LibP2PMesh with the
 daemon's defaults, reporting events as JSON lines), joined through the first one, and
-- full view: launch of the other PEERS-1 nodes -> every node sees PEERS-1 alive (RUNS runs);
-- gossip: a random node publishes on beemesh/tasks every 50 ms; publish -> delivery at each of
-  the other nodes (same machine, same clock);
+- full view: PEERS nodes launched all together, and one after another (each once the previous
+  one's mesh is up) -> every node sees PEERS-1 alive (RUNS runs each), measured from the last
+  node's mesh being up and from the first launch (Python start-ups included);
+- join: one more node into a running mesh of PEERS-1 -> alive at every one of them (JOINS);
+- gossip: a random node publishes on beemesh/tasks, RATE messages/s for the whole mesh;
+  publish -> delivery at each of the other nodes (same machine, same clock);
 - failure detection: kill -9 of a node -> PeerLeft at each survivor (KILLS kills);
 - RSS: a real beemeshd (test user) alone with mesh off and on, then joined to the PEERS nodes;
 - the in-memory mesh: virtual and wall time for SIM peers to converge under trio's MockClock.
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import random
 import subprocess
 import sys
@@ -46,14 +48,7 @@ def node(boot: str | None) -> None:
         print(json.dumps({**event, "t": time.time()}), flush=True)
 
     async def main():
-        from beemeshd.core.membership import Timings
-        kw = {}
-        if os.environ.get("XPING"):
-            a, b, c = map(float, os.environ["XPING"].split(","))
-            kw["timings"] = Timings(a, b, c)
-        mesh = LibP2PMesh(os.urandom(32), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[boot] if boot else [],
-                          heartbeat=float(os.environ.get("XHB", "0.5")), **kw)
-        mesh.RECORD_REFRESH = float(os.environ.get("XREC", "10"))
+        mesh = LibP2PMesh(os.urandom(32), listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[boot] if boot else [])
 
         def on_event(kind, peer):
             alive = sum(p.state == "alive" for p in mesh.peers())
@@ -87,27 +82,21 @@ def node(boot: str | None) -> None:
 class Node:
     def __init__(self, boot: str | None = None):
         argv = [sys.executable, str(Path(__file__).resolve()), "--node"] + (["--boot", boot] if boot else [])
-        self.launched = time.time()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      cwd=HERE.parent)
-        self.events: queue.Queue = queue.Queue()
         self.log: list[dict] = []
+        self.addr = self.peer_id = None
         threading.Thread(target=self._read, daemon=True).start()
-        up = self.wait("up", 30)
-        self.addr, self.peer_id = up["addr"], up["peer"]
 
     def _read(self):
         for line in self.proc.stdout:
             ev = json.loads(line)
+            if ev["event"] == "up":
+                self.addr, self.peer_id = ev["addr"], ev["peer"]
             self.log.append(ev)
-            self.events.put(ev)
 
-    def wait(self, event: str, timeout: float, **match) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
-            if ev["event"] == event and all(ev.get(k) == v for k, v in match.items()):
-                return ev
+    def up(self, timeout: float = 60) -> float:
+        return first_time(self, lambda e: e["event"] == "up", timeout)
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -120,6 +109,7 @@ class Node:
 
 
 def first_time(n: Node, cond, timeout: float) -> float:
+    """Timestamp of the first event of n matching cond (waiting for it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for ev in list(n.log):
@@ -129,19 +119,34 @@ def first_time(n: Node, cond, timeout: float) -> float:
     raise TimeoutError
 
 
-def full_view_run(peers: int) -> tuple[float, list[Node]]:
+def start_mesh(peers: int, together: bool) -> tuple[float, float, list[Node]]:
+    """(last node up -> full view everywhere, first launch -> full view, nodes). `together`:
+    all launched at once; else each as soon as the previous one's mesh is up."""
     nodes = [Node()]
+    nodes[0].up()
     t0 = time.time()
-    nodes += [Node(nodes[0].addr) for _ in range(peers - 1)]
-    t = max(first_time(n, lambda e: e.get("alive", 0) >= peers - 1, 60) for n in nodes)
-    return t - t0, nodes
+    for _ in range(peers - 1):
+        nodes.append(Node(nodes[0].addr))
+        if not together:
+            nodes[-1].up()
+    last_up = max(n.up() for n in nodes[1:])
+    full = max(first_time(n, lambda e: e.get("alive", 0) >= peers - 1, 120) for n in nodes)
+    return full - last_up, full - t0, nodes
 
 
-def gossip(nodes: list[Node], messages: int) -> list[float]:
+def join(nodes: list[Node]) -> tuple[float, Node]:
+    """One more peer into a running mesh: its mesh up -> every other peer has it alive."""
+    new = Node(nodes[0].addr)
+    t0 = new.up()
+    t = max(first_time(n, lambda e: e["event"] == "PeerJoined" and e["peer"] == new.peer_id, 30) for n in nodes)
+    return t - t0, new
+
+
+def gossip(nodes: list[Node], messages: int, rate: float) -> list[float]:
     samples = []
     for i in range(messages):
         random.choice(nodes).send(f"pub m{i}")
-        time.sleep(0.05)
+        time.sleep(1 / rate)
     time.sleep(2)
     sent = {e["id"]: e["t"] for n in nodes for e in n.log if e["event"] == "sent"}
     for n in nodes:
@@ -159,9 +164,10 @@ def detection(nodes: list[Node], kills: int) -> tuple[list[float], list[float]]:
         t0 = time.time()
         victim.stop()
         for n in [nodes[0], *alive]:
-            left.append(first_time(n, lambda e: e["event"] == "PeerLeft" and e["peer"] == victim.peer_id, 15) - t0)
-            suspect.append(first_time(n, lambda e: e["event"] == "PeerSuspect" and e["peer"] == victim.peer_id, 15)
-                           - t0)
+            left.append(first_time(n, lambda e: e["event"] == "PeerLeft" and e["peer"] == victim.peer_id
+                                   and e["t"] > t0, 15) - t0)
+            suspect.append(first_time(n, lambda e: e["event"] == "PeerSuspect" and e["peer"] == victim.peer_id
+                                      and e["t"] > t0, 15) - t0)
     return left, suspect
 
 
@@ -233,41 +239,60 @@ def main() -> dict:
     p.add_argument("--boot")
     p.add_argument("--peers", type=int, default=20)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--joins", type=int, default=5)
     p.add_argument("--messages", type=int, default=100)
+    p.add_argument("--rate", type=float, default=5.0, help="gossip messages per second, whole mesh")
     p.add_argument("--kills", type=int, default=4)
     p.add_argument("--sim", type=int, default=300)
     args = p.parse_args()
     if args.node:
         return node(args.boot)
     print(machine())
-    results: dict = {}
-    views, nodes = [], []
+    r: dict = {}
+    joins, nodes = [], []
     try:
-        for run in range(args.runs):
-            took, nodes = full_view_run(args.peers)
-            views.append(took)
-            if run < args.runs - 1:
+        for together in (True, False):
+            after_up, after_launch = [], []
+            for _ in range(args.runs):
                 for n in nodes:
                     n.stop()
-        results["full_view"] = summary(views)
-        print(fmt(f"{args.peers} peers: launch -> full view everywhere", results["full_view"]))
-        time.sleep(2)
-        results["gossip_ms"] = summary(gossip(nodes, args.messages), 1000)
-        print(fmt(f"gossip publish -> deliver, {args.peers} peers", results["gossip_ms"], "ms"))
-        results["rss_mb"] = daemon_rss(nodes[0].addr, args.peers)
-        for k, v in results["rss_mb"].items():
+                up, launch, nodes = start_mesh(args.peers, together)
+                after_up.append(up)
+                after_launch.append(launch)
+            how = "launched together" if together else "launched one after another"
+            r[how] = {"after_last_up": summary(after_up), "after_launch": summary(after_launch)}
+            print(fmt(f"{args.peers} peers {how}: last one up -> full view everywhere", summary(after_up)))
+            print(fmt(f"{args.peers} peers {how}: first launch -> full view", summary(after_launch)))
+        base = nodes[:-1]
+        nodes[-1].stop()
+        time.sleep(5)  # its death is noticed; the joins below replace it
+        for _ in range(args.joins):
+            took, new = join(base)
+            joins.append(took)
+            new.stop()
+            time.sleep(4)
+        nodes = [*base, Node(base[0].addr)]
+        nodes[-1].up()
+        r["join"] = summary(joins)
+        print(fmt(f"one peer joins {args.peers - 1}: its mesh up -> alive at all of them", r["join"]))
+        time.sleep(10)  # let GossipSub drop the killed joiners from its meshes
+        r["gossip_ms"] = summary(gossip(nodes, args.messages, args.rate), 1000)
+        print(fmt(f"gossip publish -> deliver, {args.peers} peers, {args.rate:g} msg/s", r["gossip_ms"], "ms"))
+        r["rss_mb"] = daemon_rss(nodes[0].addr, args.peers)
+        for k, v in r["rss_mb"].items():
             print(f"beemeshd idle RSS, {k}: {v:.1f} MB")
         left, suspect = detection(nodes, args.kills)
-        results["suspect"], results["dead"] = summary(suspect), summary(left)
-        print(fmt("kill -9 -> PeerSuspect at each survivor", results["suspect"]))
-        print(fmt("kill -9 -> PeerLeft (dead) at each survivor", results["dead"]))
+        r["suspect"], r["dead"] = summary(suspect), summary(left)
+        print(fmt("kill -9 -> PeerSuspect at each survivor", r["suspect"]))
+        print(fmt("kill -9 -> PeerLeft (dead) at each survivor", r["dead"]))
     finally:
         for n in nodes:
             n.stop()
     virtual, wall = fake_convergence(args.sim)
-    results["fake"] = {"peers": args.sim, "virtual_s": virtual, "wall_s": wall}
-    print(f"in-memory mesh, {args.sim} peers: full view after {virtual:.2f} s virtual ({wall:.1f} s wall)")
-    return results
+    r["fake"] = {"peers": args.sim, "virtual_s": virtual, "wall_s": wall}
+    print(f"in-memory mesh, {args.sim} peers started together: full view after {virtual:.2f} s virtual "
+          f"({wall:.1f} s wall)")
+    return r
 
 
 if __name__ == "__main__":

@@ -123,9 +123,8 @@ class MeshBase:
     async def _drop(self, peer_id: str) -> None:
         """Close the connection to a dead peer whose redial probe failed too, so that the next
         probe dials afresh (a dead link can look connected for 20 s). Not at the moment it is
-        declared dead: if that was a mistake (an overloaded peer), tearing connections down
-        makes everyone redo handshakes and the overload worse — a cascade seen with 20 peers
-        starting at once on 2 cores."""
+        declared dead: if that was a mistake (an overloaded CPU), tearing connections down
+        makes both sides redo handshakes, adding load exactly where load caused the mistake."""
 
     def _register(self, protocol: str) -> None:
         """Serve `protocol` on the transport (called for handlers added while running)."""
@@ -136,23 +135,35 @@ class MeshBase:
     # --- the Mesh API -------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled (inside the daemon's nursery)."""
+        """Run until cancelled (inside the daemon's nursery). OSError if it cannot start
+        listening (raised plainly, not inside the exception group of the transport's nurseries)."""
         self._born = self._now()
         self._record_changed = trio.Event()
-        async with self._open_transport():
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    self._seal_record()
-                    nursery.start_soon(self._probe_loop)
-                    nursery.start_soon(self._record_loop)
-                    nursery.start_soon(self._bootstrap_loop)
-                    log.info("mesh up as %s on %s", self.peer_id, ", ".join(self.addresses()) or "-")
-                    task_status.started()
-                    await trio.sleep_forever()
-            finally:
-                self._nursery = None
-                self._probing.clear()
+        started = False
+        try:
+            async with self._open_transport():
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        self._seal_record()
+                        nursery.start_soon(self._probe_loop)
+                        nursery.start_soon(self._record_loop)
+                        nursery.start_soon(self._bootstrap_loop)
+                        log.info("mesh up as %s on %s", self.peer_id, ", ".join(self.addresses()) or "-")
+                        started = True
+                        task_status.started()
+                        await trio.sleep_forever()
+                finally:
+                    self._nursery = None
+                    self._probing.clear()
+        except BaseExceptionGroup as group:
+            oserrors, rest = group.split(OSError)
+            if started or oserrors is None or rest is not None:
+                raise
+            first = oserrors
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
 
     @property
     def running(self) -> bool:
@@ -173,8 +184,9 @@ class MeshBase:
     def set_record(self, record: dict) -> None:
         """This peer's capacity, runtime, network, version and labels (addresses, uptime and seq
         are the mesh's). Republished, signed, when anything but uptime changes."""
-        new = {k: record[k] for k in DEFAULT_RECORD if k in record}
-        new = {**self._record, **new}
+        new = {**self._record, **{k: record[k] for k in DEFAULT_RECORD if k in record}}
+        # what peers would refuse as malformed is refused here, where the caller can see why
+        proto.validate_record({**new, "addresses": [], "uptimeSeconds": 0.0, "seq": 0})
         if new != self._record:
             self._record = new
             if self._record_changed is not None:

@@ -57,9 +57,10 @@ from beemeshd.mesh.base import MeshBase
 
 log = logging.getLogger("beemeshd.mesh")
 # Importing libp2p detaches its loggers (propagate=False, no handler: records reach stderr bare,
-# via logging.lastResort). Send them through our handlers (journald) instead, and silence two
-# that report expected events at WARNING/ERROR: every failed redial of a dead peer, and every
-# stream a DHT peer closes after a lookup. Our own log says when a peer is unreachable.
+# via logging.lastResort). Send them through our handlers (journald) instead, and quiet those
+# that report expected events at WARNING/ERROR (every failed redial of a dead peer, every stream
+# a DHT peer closes after a lookup, GossipSub's GRAFT/PRUNE chatter) or force INFO on themselves.
+# Our own log says when a peer is unreachable.
 logging.getLogger("libp2p").propagate = True
 if logging.getLogger("libp2p").getEffectiveLevel() >= logging.WARNING:
     logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
@@ -69,7 +70,6 @@ if logging.getLogger("libp2p").getEffectiveLevel() >= logging.WARNING:
 
 RATE_LIMIT = 1000.0  # gossip messages per second, per forwarding peer and topic
 DHT_CONTACTS = 20  # Kademlia's k
-ADDR_TTL = 3600
 
 
 async def _nothing() -> None:
@@ -138,6 +138,8 @@ class LibP2PMesh(MeshBase):
     async def _open_transport(self):
         self._token = trio.lowlevel.current_trio_token()
         async with self.host.run(self.listen):
+            if not self.host.get_transport_addrs():  # libp2p only logs a failed listen
+                raise OSError(f"cannot listen on {', '.join(map(str, self.listen))}")
             for protocol in self._handlers:
                 self._register(protocol)
             async with background_trio_service(self.pubsub), background_trio_service(self.gossipsub):

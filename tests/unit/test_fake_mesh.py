@@ -188,6 +188,8 @@ async def test_record_changes_reach_the_others(net, autojump_clock):
             return rec["capacity"] == cap and rec["labels"] == {"zone": "x"}
 
         assert await until(seen, 2) < 0.1  # republished at once, not at the next refresh
+        with pytest.raises(proto.Malformed):
+            b.set_record({"labels": {"zone": "x" * 100}})  # peers would drop it: refused here
         await trio.sleep(20)
         view = next(p for p in a.peers() if p.peer_id == b.peer_id)
         assert view.uptime_seconds == pytest.approx(b.peers()[0].uptime_seconds, abs=0.5)
