@@ -66,8 +66,19 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config(args)
     systemd.setup_logging(config.log_level)
-    trio.run(Daemon(config).run)
+    try:
+        trio.run(Daemon(config).run)
+    except BaseExceptionGroup as group:  # trio wraps a SystemExit raised inside the nursery
+        exits = group.subgroup(SystemExit)
+        if exits is not None:
+            raise _first(exits) from None
+        raise
     return 0
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    exc = group.exceptions[0]
+    return _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
 
 
 if __name__ == "__main__":

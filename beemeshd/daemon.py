@@ -328,10 +328,13 @@ class Daemon:
                 if node.mesh is not None:
                     try:
                         await nursery.start(node.mesh.run)
-                        nursery.start_soon(self._refresh_mesh_record, node)
                     except OSError as exc:  # e.g. a configured mesh port is taken
-                        log.error("mesh: %s; serving without the mesh", exc)
-                        node.mesh = None
+                        # Placement needs the mesh; a clear exit beats a daemon that accepts work
+                        # it cannot place (systemd restarts it; the operator sees why).
+                        log.error("mesh: %s", exc)
+                        raise SystemExit(f"beemeshd: the mesh cannot start: {exc} (check mesh_listen, "
+                                         "or set mesh_enabled = false to run alone)") from None
+                    nursery.start_soon(self._refresh_mesh_record, node)
                     await nursery.start(placement.run)
                     nursery.start_soon(node.workloads.status_loop)
                 await nursery.start(agent.run)

@@ -65,9 +65,19 @@ def main(n: int = 1000) -> dict:
     finally:
         d.stop()
         shutil.rmtree(home, ignore_errors=True)
+    home = Path(tempfile.mkdtemp(prefix="beemesh-bench-"))
+    os.chown(home, user.uid, user.gid)
+    alone = Daemon(user, home, {"log_level": "warning", "mesh_enabled": False}).start()
+    try:
+        time.sleep(2.0)
+        result["idle_rss_mesh_off_mb"] = rss_mb(alone.proc.pid)
+    finally:
+        alone.stop()
+        shutil.rmtree(home, ignore_errors=True)
     g = result["getinfo_ms"]
     print(f"GetInfo round trip: p50 {g['p50']:.3f} ms, p99 {g['p99']:.3f} ms, mean {g['mean']:.3f} ms (n={g['n']})")
-    print(f"idle beemeshd RSS: {result['idle_rss_mb']:.1f} MB")
+    print(f"idle beemeshd RSS: {result['idle_rss_mb']:.1f} MB with the mesh (default), "
+          f"{result['idle_rss_mesh_off_mb']:.1f} MB with mesh_enabled = false")
     return result
 
 
