@@ -22,6 +22,10 @@ from beemeshd.api.server import Final, VarlinkServer
 from beemeshd.client import Client, ConnectError, VarlinkCallError
 
 NOW = time.time_ns() // 1000
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
 PEER_A = "12D3KooWAAAAAAAAAAAAAAAAAAAApeeraaaa"
 PEER_B = "12D3KooWBBBBBBBBBBBBBBBBBBBBpeerbbbb"
 
@@ -40,7 +44,8 @@ def workload(name, kind="Deployment", namespace="default", *, spec=None, generat
     n = spec.get("replicas", 1)
     reps = [replica(f"{name}-{i}", i, (PEER_A, PEER_B)[i % 2]) for i in range(n)]
     return {"kind": kind, "name": name, "namespace": namespace, "generation": generation, "replicas": n,
-            "readyReplicas": n, "createdUSec": NOW - age * 1_000_000, "updatedUSec": NOW - age * 1_000_000,
+            # relative to the moment of the call, not of the import: the suite may run for minutes
+            "readyReplicas": n, "createdUSec": _now() - age * 1_000_000, "updatedUSec": _now() - age * 1_000_000,
             "manifest": {"kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec},
             "replicaStatus": reps, "origin": PEER_A,
             "ports": [{"replica": f"{name}-0", "hostIP": "127.0.0.1", "hostPort": 8080, "containerPort": 80,
