@@ -117,8 +117,10 @@ class Agent:
 
     # -- actions ---------------------------------------------------------------------------------
     def _spawn(self, action: rc.Action) -> None:
-        key = (type(action).__name__, action.desired.pod if isinstance(action, rc.Create) else action.pod,
-               getattr(action, "container", None))
+        # One create-or-remove per pod at a time: a remove racing a create of the same replica
+        # (a decision that changed meanwhile) would otherwise undo it half-way.
+        pod = action.desired.pod if isinstance(action, rc.Create) else action.pod
+        key = ("restart", pod, action.container) if isinstance(action, rc.Restart) else ("pod", pod)
         if key in self._busy or self._nursery is None:
             return
         self._busy.add(key)
@@ -146,6 +148,8 @@ class Agent:
             log.warning("%s failed: %s", key, exc.reason)
             if isinstance(action, rc.Restart):
                 self._mem(action.pod).message = exc.reason
+        except Exception:  # a bug in one action must not take the daemon down
+            log.exception("%s failed", key)
         finally:
             self._busy.discard(key)
             self.poke()
@@ -189,6 +193,11 @@ class Agent:
             ok = await self._check(d, container, probe)
         except errors.RuntimeUnavailable:
             return  # no verdict while the runtime is away
+        except RuntimeFailure:
+            ok = False  # e.g. exec into a container that just stopped
+        except Exception:
+            log.exception("probe of %s/%s failed", d.pod, container)
+            return
         finally:
             self._busy.discard(key)
         if rc.record_probe(self._mem(d.pod), container, kind, probe, ok, self.clock()):

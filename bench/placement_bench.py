@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio  # noqa: E402
+import trio.testing  # noqa: E402
 
 from bench.common import summary  # noqa: E402
 from beemeshd.core.catalog import Catalog  # noqa: E402

@@ -398,7 +398,10 @@ def _create_pod(c: PodmanClient, spec: PodSpec, network_mode: str) -> ObservedPo
             except ValueError:
                 errs = [started.text]
             raise RuntimeFailure("; ".join(map(str, errs)))
-        return _list_pods(c, [MANAGED, f"label={POD_LABEL}={spec.name}"])[0]
+        found = _list_pods(c, [MANAGED, f"label={POD_LABEL}={spec.name}"])
+        if not found:  # removed meanwhile (a concurrent remove of the same replica)
+            raise RuntimeFailure(f"pod {spec.name} vanished right after it was created")
+        return found[0]
     except BaseException as exc:
         try:
             _remove_pod(c, pod_id, spec.name)
