@@ -115,3 +115,28 @@ def test_no_capacity_reports_every_peers_reason(trio_of_nodes):
     assert set(reasons) == set(peer_ids(trio_of_nodes))
     assert all("needs 64000m CPU" in why for why in reasons.values())
     assert c.call("Get", {"name": "huge"}).error == "io.beemesh.Mesh.WorkloadNotFound"
+
+
+def test_a_restarted_peer_rejoins_and_takes_work_again(trio_of_nodes):
+    a, b, c = trio_of_nodes
+    ids = peer_ids(trio_of_nodes)
+    assert a.call("Deploy", {"manifest": web(replicas=3, port=free_port()), "wait": True,
+                             "timeoutSeconds": 60}).rc == 0
+    b.stop(signal.SIGKILL)
+    wait_for(lambda: all(r["peer"] != ids[1] and r["ready"]
+                         for r in a.call("Get", {"name": "web"}).json["workload"]["replicaStatus"]),
+             what="healed without b")
+    b.cleanup()  # the machine died with its pods; it comes back empty
+    again = PodmanNode(b.user, b.home, b.extra_config).start()
+    b.proc = again.proc
+    assert b.call("GetInfo").json["info"]["peerId"] == ids[1]  # same identity
+    wait_for(lambda: a.call("GetInfo").json["info"]["peersAlive"] == 2, what="b rejoined")
+    # until its Podman answers, b declines tasks ("container runtime unavailable")
+    wait_for(lambda: b.call("GetInfo").json["info"]["runtime"]["available"], what="b's runtime")
+    # its stale catalog (it ran web-? before) must not leave duplicates, and it takes work again
+    assert a.call("Scale", {"name": "web", "replicas": 1, "wait": True, "timeoutSeconds": 60}).rc == 0
+    r = a.call("Scale", {"name": "web", "replicas": 3, "wait": True, "timeoutSeconds": 60})
+    assert r.rc == 0, r.err
+    assert sorted(x["peer"] for x in r.json["workload"]["replicaStatus"]) == sorted(ids)
+    wait_for(lambda: [len(labelled_pods(n)) for n in trio_of_nodes] == [1, 1, 1], what="one pod per peer")
+    assert b.proc.poll() is None  # it is still running
