@@ -55,6 +55,9 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    out += ["", "Run separately (they take minutes or need the RPM): `bench/mesh_bench.py` (20-peer mesh: full view,",
+            "gossip latency, failure detection, RSS — figures in README *Mesh*) and `bench/activation_latency.py`",
+            "(socket activation → first answered call under a real user manager — README *Run as a service*)."]
     (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 
