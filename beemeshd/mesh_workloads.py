@@ -26,6 +26,9 @@ from beemeshd.runtime.base import Runtime
 
 log = logging.getLogger("beemeshd.workloads")
 
+PROTO_LOGS = "/beemesh/logs/1"
+MAX_REMOTE_LINES = 10000
+
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -39,6 +42,7 @@ class Workloads:
         self.runtime = runtime
         self.events = events
         self.peer_id = peer_id
+        placement.mesh.handle(PROTO_LOGS, self._handle_logs)
 
     def count(self) -> int:
         return len(self.placement.catalog.live())
@@ -252,7 +256,7 @@ class Workloads:
             raise errors.InvalidParameter("name", f"{w.kind} {name} has no pods")
         names = [c.name for c in w.template.containers]
         if replica is not None and d.peer_of(replica) not in (None, self.peer_id):
-            raise errors.PeerUnreachable(d.peer_of(replica), f"{replica} runs on that peer: call Logs there")
+            return []  # it runs elsewhere: remote_logs() fetches it
         if container is not None and container not in names:
             raise errors.InvalidParameter("container", f"{name} has no container {container}")
         out = []
@@ -264,6 +268,30 @@ class Workloads:
         if replica is not None and not any(r == replica for _, r, _ in out):
             raise errors.InvalidParameter("replica", f"{replica} is not a running replica of {name}")
         return out
+
+    async def remote_logs(self, name, namespace, replica, container, tail, follow) -> AsyncIterator[dict]:
+        """Lines of the replicas that run on other peers, asked of those peers (not followed:
+        `follow` reads this peer's replicas; a followed replica elsewhere is an error naming
+        the peer to ask)."""
+        d = self.placement.find(name, namespace or "default")
+        peers = sorted({p for r, p in d.assignments if p is not None and p != self.peer_id
+                        and (replica is None or r == replica)})
+        if follow:
+            if replica is not None and peers:
+                raise errors.PeerUnreachable(peers[0], f"{replica} runs on that peer: follow its logs there")
+            return
+        body = {"namespace": d.key[0], "name": d.key[2], "replica": replica, "container": container, "tail": tail}
+        for peer in peers:
+            reply = await self.placement.mesh.request(peer, PROTO_LOGS, body, 10.0)
+            for line in reply.get("lines", ())[:MAX_REMOTE_LINES]:
+                yield {k: line[k] for k in ("replica", "container", "stream", "timestampUSec", "line")}
+
+    async def _handle_logs(self, env) -> dict:
+        p = env.payload
+        sources = self.log_sources(str(p["name"]), str(p["namespace"]), p.get("replica"), p.get("container"))
+        tail = p.get("tail")
+        lines = [x async for x in self.logs(sources, None if tail is None else int(tail), False)]
+        return {"lines": lines[-MAX_REMOTE_LINES:]}
 
     async def logs(self, sources, tail, follow) -> AsyncIterator[dict]:
         """Lines of every source; with follow, merged as they come.

@@ -73,8 +73,22 @@ class MeshHandlers:
             raise errors.InvalidParameter("tail", "must be ≥ 0")
         if follow and not call.more:
             raise verr.expected_more()
+        tail = None if tail is None else int(tail)
         sources = self.node.workloads.log_sources(name, namespace, replica, container)
-        lines = self.node.workloads.logs(sources, None if tail is None else int(tail), bool(follow))
+        local = self.node.workloads.logs(sources, tail, bool(follow))
+        remote = getattr(self.node.workloads, "remote_logs", None)
+        if remote is None:
+            lines = local
+        else:
+            far = remote(name, namespace, replica, container, tail, bool(follow))
+
+            async def both():
+                async for line in local:
+                    yield line
+                async for line in far:
+                    yield line
+
+            lines = both()
         if not call.more:
             return {"lines": [line async for line in lines]}
 

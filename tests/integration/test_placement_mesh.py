@@ -65,6 +65,10 @@ def test_spread_heal_scale_and_survive_the_origin(trio_of_nodes):
     assert [x["workload"]["name"] for x in c.call("List", {}, "--more").lines] == ["web"]
     ex = c.call("Explain", {"name": "web"}).json["explanation"]
     assert len(ex["decisions"]) == 3 and all(len(d["bids"]) == 3 for d in ex["decisions"])
+    # Logs from C include the replicas on A and B (asked of them over the mesh)
+    logs = c.call("Logs", {"name": "web", "tail": 5}, "--more")
+    assert logs.rc == 0, logs.err
+    assert {x["line"]["replica"] for x in logs.lines if "line" in x} == {"web-0", "web-1", "web-2"}
 
     # kill -9 B: its replica serves again on A or C
     lost = next(x["name"] for x in w["replicaStatus"] if x["peer"] == ids[1])

@@ -218,3 +218,20 @@ async def test_a_hostport_taken_by_another_workload_means_no_bid(net, nursery, a
     with pytest.raises(errors.NoCapacity) as exc:
         await deploy(b, deployment("second", replicas=1, cpu="100m"))  # same hostPort 18080
     assert all("hostPort 18080/tcp already in use" in r["reason"] for r in exc.value.reasons)
+
+
+async def test_logs_of_replicas_on_other_peers(net, nursery, autojump_clock):
+    a, b, c = await mesh_of(nursery, net, 3)
+    [w] = await deploy(a, deployment(replicas=3, cpu="100m"))
+    for p in (a, b, c):
+        for pod in p.runtime.pod_names():
+            p.runtime.append_log(pod, "app", f"hello from {pod}")
+    sources = c.w.log_sources("web", None, None, None)
+    lines = [x async for x in c.w.logs(sources, None, False)]
+    lines += [x async for x in c.w.remote_logs("web", None, None, None, None, False)]
+    assert sorted(x["replica"] for x in lines) == ["web-0", "web-1", "web-2"]
+    assert all(x["line"] == f"hello from {x['replica']}.default" for x in lines)
+    far = next(r["name"] for r in w["replicaStatus"] if r["peer"] != c.id)
+    with pytest.raises(errors.PeerUnreachable):
+        async for _ in c.w.remote_logs("web", None, far, None, None, True):
+            pass
