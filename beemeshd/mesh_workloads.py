@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import trio
 
-from beemeshd import errors
+from beemeshd import errors, logstream
 from beemeshd.agent import Agent
 from beemeshd.core import render
 from beemeshd.core.catalog import Decision
@@ -116,7 +116,7 @@ class Workloads:
             raise errors.InvalidParameter("manifest", "give exactly one of 'manifest' and 'yaml'")
         workloads = parse_manifests(manifest if manifest is not None else yaml)
         if namespace:
-            workloads = [_with_namespace(w, namespace) for w in workloads]
+            workloads = [logstream.with_namespace(w, namespace) for w in workloads]
         if dry_run:
             return [self.view(Decision(w.key, 0, w.manifest, tuple((r, None) for r in w.replica_names()),
                                        origin=self.peer_id)) for w in workloads]
@@ -293,42 +293,8 @@ class Workloads:
         lines = [x async for x in self.logs(sources, None if tail is None else int(tail), False)]
         return {"lines": lines[-MAX_REMOTE_LINES:]}
 
-    async def logs(self, sources, tail, follow) -> AsyncIterator[dict]:
-        """Lines of every source; with follow, merged as they come.
-
-        Follow readers run in the agent's nursery (no nursery inside this generator: it yields
-        to the Varlink server), each under its own cancel scope that closing the stream cancels."""
-        if not follow:
-            for pod, replica, container in sources:
-                async for e in self.runtime.logs(pod, container, tail=tail, follow=False):
-                    yield _log_line(replica, container, e)
-            return
-        send, receive = trio.open_memory_channel(256)
-        scopes = [trio.CancelScope() for _ in sources]
-        try:
-            for scope, (pod, replica, container) in zip(scopes, sources):
-                self.agent.spawn(self._pump, scope, pod, replica, container, tail, send.clone())
-            send.close()
-            async with receive:
-                async for line in receive:
-                    yield line
-        finally:
-            for scope in scopes:
-                scope.cancel()
-
-    async def _pump(self, scope, pod, replica, container, tail, send) -> None:
-        with scope:
-            async with send:
-                try:
-                    async for e in self.runtime.logs(pod, container, tail=tail, follow=True):
-                        await send.send(_log_line(replica, container, e))
-                except (errors.RuntimeUnavailable, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-
-
-def _log_line(replica, container, e) -> dict:
-    return {"replica": replica, "container": container, "stream": e.stream, "timestampUSec": e.timestamp_usec,
-            "line": e.line}
+    def logs(self, sources, tail, follow) -> AsyncIterator[dict]:
+        return logstream.stream(self.runtime, self.agent.spawn, sources, tail, follow)
 
 
 def _port(replica, host_ip, host_port, container_port, protocol) -> dict:
@@ -341,15 +307,3 @@ def _decisions(d: Decision) -> list[dict]:
     declined = [{"peer": p, "reason": r} for p, r in d.declined]
     return [{"replica": r, "peer": p, "rule": rules.get(r, ""), "bids": list(d.bids), "declined": declined,
              "decidedUSec": d.decided_usec} for r, p in d.assignments]
-
-
-def _with_namespace(w, namespace):
-    from dataclasses import replace
-
-    if w.manifest.get("metadata", {}).get("namespace"):
-        return w
-    manifest = dict(w.manifest)
-    manifest["metadata"] = {**manifest.get("metadata", {}), "namespace": namespace}
-    return replace(w, namespace=namespace, manifest=manifest)
-
-

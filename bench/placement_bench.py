@@ -134,6 +134,4 @@ async def measure_with_started(first, rest, rounds, rng):
 
 
 if __name__ == "__main__":
-    import trio.testing  # noqa: F401
-
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 10, int(sys.argv[2]) if len(sys.argv) > 2 else 50)

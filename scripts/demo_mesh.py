@@ -8,7 +8,6 @@ its replica comes back on a survivor — printed as it happens. Run as root: `ma
 
 from __future__ import annotations
 
-import json
 import pwd
 import shutil
 import signal

@@ -11,7 +11,7 @@ import trio.testing
 from beemeshd import errors
 from beemeshd.api import handlers as handlers_mod
 from beemeshd.api.idl import Interface
-from beemeshd.api.server import Final, VarlinkServer, encode
+from beemeshd.api.server import VarlinkServer, encode
 
 IFACE = Interface.load()
 
