@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench import deploy_latency, failover_bench, placement_bench, varlink_latency  # noqa: E402
+from bench import deploy_latency, failover_bench, placement_bench, scheduler_bench, varlink_latency  # noqa: E402
 from bench.common import machine  # noqa: E402
 
 
@@ -38,6 +38,12 @@ def main() -> None:
                  f"same core on the in-memory mesh (2±2 ms links, virtual time): {f['p50']:.1f} / {f['p99']:.1f} ms; "
                  "upstream BeeMesh waits 250 ± 100 ms, Docker Swarm p99 ≈ 400 ms (published, not this run)",
                  "p99 ≤ 150 ms"))
+    sc = scheduler_bench.main(1000, 500)
+    rows.append(("Scheduling core, 1,000 bidders (no messaging): placements/s; choose() alone",
+                 f"{sc['rate']:.0f}/s evaluating all 1,000 in one process; choose() p50 {sc['choose_p50_ms']:.2f} ms "
+                 f"(≈ {1000 / sc['choose_p50_ms']:.0f} decisions/s)",
+                 "the 1,000-peer simulation with messaging is not built yet (issue 8); Nomad C1M: 3,750/s on 5,000 hosts",
+                 "≥ 2,000 placements/s at 1,000 simulated peers"))
     try:
         fo = failover_bench.main(5)
         rows.append(("Node loss → replacement serving (3 peers, real Podman, kill -9), p50 / p99",

@@ -157,8 +157,21 @@ def tiebreak(task_id: str, peer_id: str) -> str:
 
 
 def rank(task_id: str, bids: list[Bid]) -> list[Bid]:
-    """Best first; equal scores ordered by hash, so every peer agrees."""
-    return sorted(bids, key=lambda b: (-round(b.score, 9), tiebreak(task_id, b.peer_id)))
+    """Best first; equal scores ordered by hash, so every peer agrees. Scores are computed once
+    and hashes only inside runs of equal scores (with 1,000 bidders both costs showed)."""
+    scored = sorted(((-round(b.score, 9), b) for b in bids), key=lambda x: x[0])
+    out: list[Bid] = []
+    i = 0
+    while i < len(scored):
+        j = i + 1
+        while j < len(scored) and scored[j][0] == scored[i][0]:
+            j += 1
+        if j - i == 1:
+            out.append(scored[i][1])
+        else:
+            out += sorted((x[1] for x in scored[i:j]), key=lambda b: tiebreak(task_id, b.peer_id))
+        i = j
+    return out
 
 
 def choose(task: Task, bids: list[Bid], *, keep: dict[str, str] | None = None,
@@ -180,14 +193,20 @@ def choose(task: Task, bids: list[Bid], *, keep: dict[str, str] | None = None,
             decision.placements.append(Placement(replica, peer, "kept: already runs there"))
         else:
             todo.append(replica)
-    position = {b.peer_id: i for i, b in enumerate(ranked)}
     for replica in todo:
-        # Fewest replicas of this task first (spread), then the best rank.
-        open_ = [b for b in ranked if room[b.peer_id] > 0]
-        if not open_:
+        # Fewest replicas of this task first (spread), then the best rank: the first ranked peer
+        # with room at the lowest held count wins.
+        choice, fewest = None, None
+        for b in ranked:
+            if room[b.peer_id] > 0:
+                n = held.get(b.peer_id, 0)
+                if fewest is None or n < fewest:
+                    choice, fewest = b, n
+                    if n == 0:
+                        break
+        if choice is None:
             decision.placements.append(Placement(replica, None, "no capacity: no bidder has room left"))
             continue
-        choice = min(open_, key=lambda b: (held.get(b.peer_id, 0), position[b.peer_id]))
         n = held.get(choice.peer_id, 0)
         rule = (f"highest score {choice.score:.3f} among peers without a replica" if n == 0
                 else f"spread: replica {n + 1} on the best peer with the fewest (score {choice.score:.3f})")
