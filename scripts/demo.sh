@@ -19,7 +19,7 @@ chown -R "$U" "$D"
 ctl() { asuser env BEEMESH_ADDRESS="$ADDR" "$VENV/bin/beemeshctl" "$@"; }
 
 step "starting beemeshd as $U"
-setpriv --reuid "$UID_" --regid "$GID_" --init-groups env -i HOME="$HOME_" USER="$U" LOGNAME="$U" \
+setpriv --reuid "$UID_" --regid "$GID_" --init-groups env -i -C "$D" HOME="$HOME_" USER="$U" LOGNAME="$U" \
     PATH=/usr/bin:/bin XDG_RUNTIME_DIR="$RUNDIR" "$VENV/bin/beemeshd" --config "$D/beemeshd.toml" \
     > "$D/beemeshd.log" 2>&1 &
 PID=$!

@@ -209,7 +209,9 @@ class PodmanRuntime:
         try:
             self._service = await trio.lowlevel.open_process(
                 argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                start_new_session=True)  # own group: Ctrl-C is for beemeshd; close() kills it all
+                # "/" as cwd: the daemon may have been started from a directory this user
+                # cannot enter (podman then fails with "cannot chdir").
+                cwd="/", start_new_session=True)  # own group: Ctrl-C is for beemeshd; close() kills it all
         except OSError as exc:
             raise RuntimeUnavailable(f"cannot run {PODMAN}: {exc}", self.endpoint) from exc
         with trio.move_on_after(SERVICE_START_TIMEOUT):
