@@ -250,3 +250,28 @@ def test_logs_follow_streams_new_lines(node):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_started_from_a_directory_the_user_cannot_enter(user, user_tmp, varlinkctl, tmp_path):
+    """beemeshd starts the Podman API service itself; that must not inherit an unreadable cwd
+    (make demo runs from a clone under /root, mode 0700)."""
+    import os
+
+    node = PodmanNode(user, user_tmp).prepare()
+    conf = node.home / "beemeshd.toml"
+    conf.write_text(node.config_text())
+    os.chown(conf, user.uid, user.gid)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)  # root's: the test user cannot enter it
+    from tests.conftest import VENV
+
+    node.proc = subprocess.Popen(user.argv([str(VENV / "bin" / "beemeshd"), "--config", str(conf)]),
+                                 env=user.env(), cwd=locked, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: node.socket_path.exists(), what="socket")
+        wait_for(lambda: node.call("GetInfo").rc == 0
+                 and node.call("GetInfo").json["info"]["runtime"]["available"], what="runtime available")
+        assert node.call("GetInfo").json["info"]["runtime"]["startedByBeemesh"] is True
+    finally:
+        node.stop()
+        node.cleanup()
