@@ -19,17 +19,15 @@ from beemeshd import errors, logstream
 from beemeshd.agent import Agent
 from beemeshd.core import render
 from beemeshd.core.catalog import Decision
-from beemeshd.core.manifest import parse_manifests
 from beemeshd.events import EventBus
 from beemeshd.placement import Placement, STATUS_REFRESH
 from beemeshd.runtime.base import Runtime
+from beemeshd.workloads import parse_request, wait_until
 
 log = logging.getLogger("beemeshd.workloads")
 
 PROTO_LOGS = "/beemesh/logs/1"
 MAX_REMOTE_LINES = 10000
-
-DEFAULT_TIMEOUT = 60.0
 
 
 class Workloads:
@@ -112,11 +110,7 @@ class Workloads:
 
     # -- changes -----------------------------------------------------------------------------------
     async def deploy(self, *, manifest, yaml, namespace, wait, timeout, dry_run) -> list[dict]:
-        if (manifest is None) == (yaml is None):
-            raise errors.InvalidParameter("manifest", "give exactly one of 'manifest' and 'yaml'")
-        workloads = parse_manifests(manifest if manifest is not None else yaml)
-        if namespace:
-            workloads = [logstream.with_namespace(w, namespace) for w in workloads]
+        workloads = parse_request(manifest, yaml, namespace)
         if dry_run:
             return [self.view(Decision(w.key, 0, w.manifest, tuple((r, None) for r in w.replica_names()),
                                        origin=self.peer_id)) for w in workloads]
@@ -199,12 +193,8 @@ class Workloads:
         await self._wait(done, timeout, operation, detail)
 
     async def _wait(self, done, timeout, operation, detail) -> None:
-        timeout = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
-        with trio.move_on_after(timeout):
-            while not done():
-                await trio.sleep(0.05)
-            return
-        raise errors.Timeout(operation, timeout, detail())
+        # Placement changes (decisions, remote status) poke the agent, so its passes see them all.
+        await wait_until(self.agent, done, timeout, operation, detail)
 
     # -- status reports (runner side) --------------------------------------------------------------
     async def status_loop(self) -> None:

@@ -24,6 +24,28 @@ log = logging.getLogger("beemeshd.workloads")
 DEFAULT_TIMEOUT = 60.0
 
 
+def parse_request(manifest, yaml, namespace) -> list:
+    """Deploy's input (exactly one of a JSON object and YAML text) as workloads; `namespace`
+    applies where a manifest names none (kubectl apply -n)."""
+    if (manifest is None) == (yaml is None):
+        raise errors.InvalidParameter("manifest", "give exactly one of 'manifest' and 'yaml'")
+    workloads = parse_manifests(manifest if manifest is not None else yaml)
+    if namespace:
+        workloads = [logstream.with_namespace(w, namespace) for w in workloads]
+    return workloads
+
+
+async def wait_until(agent: Agent, done, timeout, operation: str, detail) -> None:
+    """Re-check `done()` after every agent pass (every change pokes the agent) until it holds;
+    Timeout with `detail()` after `timeout` seconds (default DEFAULT_TIMEOUT)."""
+    timeout = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
+    with trio.move_on_after(timeout):
+        while not done():
+            await agent.changed()
+        return
+    raise errors.Timeout(operation, timeout, detail())
+
+
 class Workloads:
     def __init__(self, store: Store, agent: Agent, runtime: Runtime, events: EventBus, peer_id: str,
                  runtime_status=None):
@@ -64,11 +86,7 @@ class Workloads:
 
     # -- changes -----------------------------------------------------------------------------------
     async def deploy(self, *, manifest, yaml, namespace, wait, timeout, dry_run) -> list[dict]:
-        if (manifest is None) == (yaml is None):
-            raise errors.InvalidParameter("manifest", "give exactly one of 'manifest' and 'yaml'")
-        workloads = parse_manifests(manifest if manifest is not None else yaml)
-        if namespace:
-            workloads = [logstream.with_namespace(w, namespace) for w in workloads]
+        workloads = parse_request(manifest, yaml, namespace)
         self.store.check_apply(workloads)
         if dry_run:
             return [self.view(Record(w, 0, 0, 0, self.peer_id)) for w in workloads]
@@ -137,12 +155,7 @@ class Workloads:
         await self._wait(done, timeout, operation, detail)
 
     async def _wait(self, done, timeout, operation, detail) -> None:
-        timeout = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
-        with trio.move_on_after(timeout):
-            while not done():
-                await self.agent.changed()
-            return
-        raise errors.Timeout(operation, timeout, detail())
+        await wait_until(self.agent, done, timeout, operation, detail)
 
     async def _require_runtime(self) -> None:
         st = await self.runtime_status()

@@ -15,18 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import summary  # noqa: E402
 from tests.conftest import TEST_USER, User  # noqa: E402
-from tests.integration.daemons import PodmanNode, free_port  # noqa: E402
+from tests.integration.daemons import PodmanNode, free_port, wait_for  # noqa: E402
 from tests.integration.test_runtime_daemon import web  # noqa: E402
-
-
-def wait(pred, timeout, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise TimeoutError(f"waiting for {what}")
 
 
 def main(runs: int = 5) -> dict:
@@ -44,7 +34,7 @@ def main(runs: int = 5) -> dict:
             nodes.append(n)
         ids = [n.call("GetInfo").json["info"]["peerId"] for n in nodes]
         for n in nodes:
-            wait(lambda n=n: n.call("GetInfo").json["info"]["peersAlive"] == 2
+            wait_for(lambda n=n: n.call("GetInfo").json["info"]["peersAlive"] == 2
                  and n.call("GetInfo").json["info"]["runtime"]["available"], 60, "the mesh and Podman")
         port = free_port()
         r = nodes[0].call("Deploy", {"manifest": web(replicas=3, port=port), "wait": True, "timeoutSeconds": 60})
@@ -69,12 +59,12 @@ def main(runs: int = 5) -> dict:
                         return False
                 return True
 
-            wait(serving, 60, f"{lost} serving again")
+            wait_for(serving, 60, f"{lost} serving again")
             samples.append(time.monotonic() - t0)
             nodes[victim].cleanup()  # its old pods: the "machine" is gone
             again = PodmanNode(user, nodes[victim].home, nodes[victim].extra_config).start()
             nodes[victim].proc = again.proc
-            wait(lambda: nodes[0].call("GetInfo").json["info"]["peersAlive"] == 2, 60, "the killed peer to rejoin")
+            wait_for(lambda: nodes[0].call("GetInfo").json["info"]["peersAlive"] == 2, 60, "the killed peer to rejoin")
             # let the rejoined peer take work again: scale down and up
             nodes[0].call("Scale", {"name": "web", "replicas": 1, "wait": True, "timeoutSeconds": 60})
             nodes[0].call("Scale", {"name": "web", "replicas": 3, "wait": True, "timeoutSeconds": 60})

@@ -36,6 +36,29 @@ class Reply:
         return self.err.strip().rsplit(" ", 1)[-1]
 
 
+def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.1):
+    """predicate()'s first true value; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Systemctl:
+    """`systemctl --user` for the test user."""
+
+    def __init__(self, user: User):
+        self.user = user
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess:
+        return self.user.run(["systemctl", "--user", *args], timeout=60)
+
+    def prop(self, unit: str, name: str) -> str:
+        return self("show", "-p", name, "--value", unit).stdout.strip()
+
+
 def varlinkctl(*args: str, timeout: float = 30, input: str | None = None) -> Reply:
     p = subprocess.run([str(VARLINKCTL), *args], capture_output=True, text=True, timeout=timeout, input=input)
     return Reply(p.returncode, p.stdout, p.stderr)
@@ -161,3 +184,9 @@ class PodmanNode(Daemon):
         self.podman("volume", "prune", "-f", timeout=60)
         # the store's service, if a test started one by hand
         subprocess.run(["pkill", "-u", str(self.user.uid), "-f", f"system service unix://{self.store}"])
+
+
+def labelled_pods(node: PodmanNode) -> list[dict]:
+    """BeeMesh's pods in a node's Podman store, as `podman pod ps` shows them."""
+    p = node.podman("pod", "ps", "--filter", "label=io.beemesh.managed=true", "--format", "json")
+    return json.loads(p.stdout or "[]")

@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
 from tests.conftest import ROOT, VENV
-from tests.integration.daemons import PodmanNode
-from tests.integration.test_runtime_daemon import labelled_pods, wait_for
-
-
-@pytest.fixture
-def node(user, user_tmp, varlinkctl):
-    n = PodmanNode(user, user_tmp).prepare()
-    n.start()
-    wait_for(lambda: n.call("GetInfo").json["info"]["runtime"]["available"], what="runtime available")
-    yield n
-    n.stop()
-    n.cleanup()
+from tests.integration.daemons import labelled_pods
 
 
 def ctl(node, *args, **kw):

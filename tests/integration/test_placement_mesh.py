@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.integration.daemons import PodmanNode, free_port
-from tests.integration.test_runtime_daemon import labelled_pods, wait_for, web
+from tests.integration.daemons import PodmanNode, free_port, labelled_pods, wait_for
+from tests.integration.test_runtime_daemon import web
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IMAGE, ROOT, VENV
-from tests.integration.daemons import free_port, varlinkctl
+from tests.integration.daemons import Systemctl, free_port, varlinkctl, wait_for
 
 pytestmark = pytest.mark.systemd
 
@@ -35,15 +35,6 @@ WORKLOAD = "rpm-test"
 
 def run(*argv, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")
@@ -109,25 +100,12 @@ def journald():
             flag.unlink(missing_ok=True)
 
 
-class Manager:
-    """`systemctl --user` for the test user."""
-
-    def __init__(self, user):
-        self.user = user
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess:
-        return self.user.run(["systemctl", "--user", *args], timeout=60)
-
-    def prop(self, unit: str, name: str) -> str:
-        return self("show", "-p", name, "--value", unit).stdout.strip()
-
-
 @pytest.fixture
 def manager(journald, user):
     p = run(ROOT / "scripts" / "user-manager.sh", "start")
     assert p.returncode == 0, p.stderr
     try:
-        yield Manager(user)
+        yield Systemctl(user)
     finally:
         run(ROOT / "scripts" / "user-manager.sh", "stop")
 

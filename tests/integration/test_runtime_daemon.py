@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import IMAGE
-from tests.integration.daemons import PodmanNode, free_port
+from tests.integration.daemons import PodmanNode, free_port, labelled_pods, wait_for
 
 
 def web(name="web", replicas=1, port=None, kind="Deployment", probe=True, extra_container=None):
@@ -22,31 +22,6 @@ def web(name="web", replicas=1, port=None, kind="Deployment", probe=True, extra_
     spec = {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers}}}
     return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
-
-
-def wait_for(predicate, timeout=30, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def node(user, user_tmp, varlinkctl):
-    n = PodmanNode(user, user_tmp).prepare()
-    n.start()
-    wait_for(lambda: n.call("GetInfo").json["info"]["runtime"]["available"], what="runtime available")
-    yield n
-    n.stop()
-    n.cleanup()
-
-
-def labelled_pods(node) -> list[dict]:
-    p = node.podman("pod", "ps", "--filter", "label=io.beemesh.managed=true", "--format", "json")
-    return json.loads(p.stdout or "[]")
 
 
 def test_deploy_serves_http_with_slirp4netns_and_delete_leaves_nothing(node):

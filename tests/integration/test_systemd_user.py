@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, VENV
-from tests.integration.daemons import varlinkctl
+from tests.integration.daemons import Systemctl, varlinkctl
 
 pytestmark = pytest.mark.systemd
 
@@ -35,17 +35,6 @@ def manager(user):
         shutil.rmtree(unit_dir / "beemeshd.service.d", ignore_errors=True)
         for name in ("beemeshd.socket", "beemeshd.service"):
             (unit_dir / name).unlink(missing_ok=True)
-
-
-class Systemctl:
-    def __init__(self, user):
-        self.user = user
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess:
-        return self.user.run(["systemctl", "--user", *args], timeout=60)
-
-    def prop(self, unit: str, name: str) -> str:
-        return self("show", "-p", name, "--value", unit).stdout.strip()
 
 
 def test_socket_activation_notify_and_stop(manager, user):
