@@ -72,6 +72,10 @@ class Config:
     # and how long a Deploy waits for bids from peers that have not answered yet.
     replication_k: int = 3
     bid_window_seconds: float = 0.25
+    # Peers asked to bid first: all of them up to this many, else a random sample this big.
+    bid_fanout: int = 16
+    # Re-place stateless replicas as soon as their peer is suspect (not only once it is dead).
+    heal_on_suspect: bool = True
 
     @classmethod
     def default(cls) -> "Config":

@@ -189,7 +189,8 @@ def make_placement(config: Config, node: Node, agent: Agent):
                            runtime_available=bool(st is not None and st.available), loopback=loopback)
 
     placement = Placement(node.mesh, catalog, node.events, self_state=self_state, window=config.bid_window_seconds,
-                          on_change=agent.poke, persist=stored.save)
+                          on_change=agent.poke, persist=stored.save, fanout=config.bid_fanout,
+                          heal_on_suspect=config.heal_on_suspect)
     agent.wanted = placement.wanted
     agent.remote_ready = placement.remote_ready
     publish = node.mesh.on_peer_event

@@ -1,14 +1,19 @@
 """Placement over the mesh: announce, bid, decide, spread the decision, heal (no control plane).
 
 - A Deploy/Scale/Delete on any peer becomes a `Decision` (core/catalog.py). For replicas that
-  need a peer, that peer sends the `Task` to every live peer (signed direct requests, in
-  parallel); each evaluates it against its own state (core/scheduler.py) and answers a signed
-  bid or decline; after all answered (or `window` seconds) the asking peer runs `choose()` and
+  need a peer, that peer sends the `Task` (manifest included, for bid policies) to the live peers
+  (signed direct requests, in parallel) — all of them in a small mesh, a random sample of
+  `fanout` in a large one (power of d choices, as Sparrow and Nomad do: a placement costs O(d)
+  messages, not O(n); the rest are asked only if the sample cannot place every replica); each
+  evaluates it against its own state and policies (core/scheduler.py, `bid_gate`) and answers a
+  signed bid or decline; after all answered (or `window` seconds) the asking peer runs `choose()` and
   gossips the decision on beemesh/events, bids and rules included (Explain shows them). Every peer merges decisions into
   its catalog in one deterministic order; the peers a replica is assigned to run it.
 - Runners gossip their replicas' status, so Get/List/Watch answer from any peer.
-- Healing: when the failure detector declares a peer dead, the workload's healer (its closest
-  live holder) places that peer's stateless replicas again among the survivors. StatefulSet
+- Healing: when the failure detector suspects a peer (or, with `heal_on_suspect` off, declares it
+  dead), the workload's healer (its closest live holder) places that peer's stateless replicas
+  again among the others. Healing on suspicion halves failover; a peer that was only slow loses
+  its stateless replicas once (they are duplicates for a moment, which stateless work tolerates). StatefulSet
   replicas are not moved (they wait for leases, issue 9) and say so.
 - Anti-entropy: every SYNC_INTERVAL a peer swaps catalog digests with a random live peer, so a
   restarted or partitioned peer catches up on decisions it missed.
@@ -17,8 +22,8 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -52,7 +57,9 @@ def key_str(key: Key) -> str:
 class Placement:
     def __init__(self, mesh, catalog: Catalog, events: EventBus, *, self_state: Callable[[], sch.PeerState],
                  window: float = 0.25, on_change: Callable[[], None] = lambda: None,
-                 persist: Callable[[Catalog], None] = lambda c: None):
+                 persist: Callable[[Catalog], None] = lambda c: None,
+                 bid_gate: Callable[[dict, str], str | None] | None = None,
+                 fanout: int = 16, heal_on_suspect: bool = True, rng: random.Random | None = None):
         self.mesh = mesh
         self.catalog = catalog
         self.events = events
@@ -60,6 +67,11 @@ class Placement:
         self.window = window
         self.on_change = on_change  # e.g. poke the agent
         self.persist = persist
+        # (manifest, origin peer) -> a reason not to bid (node-local policy), or None.
+        self.bid_gate = bid_gate
+        self.fanout = fanout
+        self.heal_on_suspect = heal_on_suspect
+        self.rng = rng or random.Random()
         self.peer_id = catalog.self_id
         # remote replica status: key -> replica -> (peer, row, generation)
         self.status: dict[Key, dict[str, tuple[str, dict, int]]] = {}
@@ -100,6 +112,11 @@ class Placement:
     # -- queries -----------------------------------------------------------------------------------
     def alive(self) -> list[str]:
         return sorted(p.peer_id for p in self.mesh.peers() if p.state in ("self", "alive", "suspect"))
+
+    def healthy(self) -> list[str]:
+        """Peers whose replicas stay put: alive ones, and suspects unless we heal on suspicion."""
+        ok = ("self", "alive") if self.heal_on_suspect else ("self", "alive", "suspect")
+        return sorted(p.peer_id for p in self.mesh.peers() if p.state in ok)
 
     def workload(self, d: Decision) -> Workload:
         """The parsed manifest of a decision (cached per generation)."""
@@ -189,13 +206,38 @@ class Placement:
         cpu, mem = w.template.requests()
         ports = tuple(sorted({(p.host_port, p.protocol.lower()) for c in w.template.containers
                               for p in c.ports if p.host_port}))
-        task = sch.Task(uuid.uuid4().hex, key_str(w.key), 0, tuple(replicas), cpu, mem, ports,
+        task = sch.Task(f"{self.rng.getrandbits(128):032x}", key_str(w.key), 0, tuple(replicas), cpu, mem, ports,
                         w.template.node_selector, tuple(sorted({c.image for c in w.template.containers})),
                         self.peer_id)
-        answers = {self.peer_id: sch.evaluate(task, self.self_state())}
-        expected = set(self.alive()) - {self.peer_id}
-        wire = _task_wire(task)
+        answers = {self.peer_id: self._evaluate(task, w.manifest, self.peer_id)}
+        others = sorted(set(self.healthy()) - {self.peer_id})
+        wire = dict(_task_wire(task), manifest=w.manifest)
+        # A large mesh: ask a random sample first, everyone else only if the sample falls short.
+        first = others if len(others) <= self.fanout else self.rng.sample(others, max(self.fanout, 2 * len(replicas)))
+        expected = set(first)
+        await self._ask_all(task, wire, first, answers)
+        if len(first) < len(others) and sum(isinstance(a, sch.Bid) for a in answers.values()) < len(replicas):
+            rest = [p for p in others if p not in expected]
+            expected.update(rest)
+            await self._ask_all(task, wire, rest, answers)
+        bids = [a for a in answers.values() if isinstance(a, sch.Bid)]
+        declined = sorted((a.peer_id, a.reason) for a in answers.values() if isinstance(a, sch.Decline))
+        declined += [(p, "did not answer in time") for p in sorted(expected - answers.keys())]
+        decision = sch.choose(task, bids, elsewhere=elsewhere)
+        placed = decision.peers()
+        rules = {p.replica: p.rule for p in decision.placements}
+        bid_views = [_bid_view(b, verified=True) for b in sch.rank(task.task_id, bids)]
+        return placed, rules, bid_views, declined
 
+    def _evaluate(self, task: sch.Task, manifest: dict, origin: str) -> sch.Bid | sch.Decline:
+        """This peer's answer: node-local policy first (a deny means no bid), then capacity."""
+        if self.bid_gate is not None:
+            reason = self.bid_gate(manifest, origin)
+            if reason:
+                return sch.Decline(self.peer_id, task.task_id, reason)
+        return sch.evaluate(task, self.self_state())
+
+    async def _ask_all(self, task: sch.Task, wire: dict, peers: list[str], answers: dict) -> None:
         async def ask(peer: str) -> None:
             try:
                 reply = await self.mesh.request(peer, PROTO_BID, {"task": wire}, self.window)
@@ -206,16 +248,8 @@ class Placement:
                 log.debug("no bid from %s: %s", peer, exc)
 
         async with trio.open_nursery() as nursery:
-            for peer in sorted(expected):
+            for peer in peers:
                 nursery.start_soon(ask, peer)
-        bids = [a for a in answers.values() if isinstance(a, sch.Bid)]
-        declined = sorted((a.peer_id, a.reason) for a in answers.values() if isinstance(a, sch.Decline))
-        declined += [(p, "did not answer in time") for p in sorted(expected - answers.keys())]
-        decision = sch.choose(task, bids, elsewhere=elsewhere)
-        placed = decision.peers()
-        rules = {p.replica: p.rule for p in decision.placements}
-        bid_views = [_bid_view(b, verified=True) for b in sch.rank(task.task_id, bids)]
-        return placed, rules, bid_views, declined
 
     async def _handle_bid(self, env) -> dict:
         """A peer asks for our bid on a task: evaluate it against our own state and answer.
@@ -224,7 +258,10 @@ class Placement:
         t = env.payload["task"]
         if t["origin"] != env.sender:
             raise ValueError("a task can only be announced by its origin")
-        answer = sch.evaluate(_task_from_wire(t), self.self_state())
+        manifest = t.get("manifest")
+        if not isinstance(manifest, dict):
+            raise ValueError("a task carries its manifest")
+        answer = self._evaluate(_task_from_wire(t), manifest, env.sender)
         if isinstance(answer, sch.Bid):
             return {"type": "bid", "taskId": answer.task_id, "capacity": answer.capacity, "fit": answer.fit,
                     "locality": answer.locality, "reliability": answer.reliability, "trust": answer.trust}
@@ -292,7 +329,7 @@ class Placement:
     # -- healing and anti-entropy ------------------------------------------------------------------
     def peer_event(self, kind: str, peer: str) -> None:
         """The failure detector's news: heal at once instead of at the next tick."""
-        if kind in ("PeerLeft", "PeerJoined"):
+        if kind in ("PeerLeft", "PeerJoined") or (kind == "PeerSuspect" and self.heal_on_suspect):
             self._heal_now.set()
 
     async def _heal_loop(self) -> None:
@@ -306,7 +343,7 @@ class Placement:
                 log.warning("healing failed: %s", exc)
 
     async def heal_once(self) -> None:
-        alive = self.alive()
+        alive = self.healthy()
         for key, lost in self.catalog.orphaned(set(alive)).items():
             d = self.catalog.entries[key]
             if key[1] == "StatefulSet" or self.catalog.healer(key, alive) != self.peer_id:

@@ -28,14 +28,16 @@ def deployment(name="web", replicas=3, cpu="500m", kind="Deployment", port=18080
 
 
 class Peer:
-    def __init__(self, net, bootstrap=(), cpu=2000):
+    def __init__(self, net, bootstrap=(), cpu=2000, labels=(), **placement_kw):
         self.mesh = FakeMesh(net, bootstrap=list(bootstrap), timings=Timings(0.5, 1.0, 2.0))
         self.id = self.mesh.peer_id
         self.runtime = FakeRuntime(now=trio.current_time)
         self.events = EventBus()
         self.cpu = cpu
+        self.labels = tuple(labels)
         self.placement = Placement(self.mesh, Catalog(self.id), self.events, self_state=self.state, window=0.3,
-                                   on_change=lambda: self.agent.poke())
+                                   on_change=lambda: self.agent.poke(), **placement_kw)
+        self.mesh.on_peer_event = self.placement.peer_event  # as the daemon wires it
         self.agent = Agent(self.runtime, None, self.events, interval=0.5, peer_id=self.id,
                            wanted=self.placement.wanted)
         self.agent.remote_ready = self.placement.remote_ready
@@ -44,7 +46,7 @@ class Peer:
 
     def state(self):
         return local_state(self.placement, cpu_total=self.cpu, memory_total=4 * GI, max_pods=110,
-                           uptime=self.mesh._uptime())
+                           uptime=self.mesh._uptime(), labels=self.labels)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
         with trio.CancelScope() as self.scope:
@@ -235,3 +237,86 @@ async def test_logs_of_replicas_on_other_peers(net, nursery, autojump_clock):
     with pytest.raises(errors.PeerUnreachable):
         async for _ in c.w.remote_logs("web", None, far, None, None, True):
             pass
+
+
+def answered(peer, name):
+    """Peers that answered (bid or declined) in the latest decision about `name`."""
+    d = peer.placement.find(name, "default")
+    return {b["peer"] for b in d.bids} | {p for p, _ in d.declined}
+
+
+async def test_a_large_mesh_asks_only_a_sample_to_bid(nursery, autojump_clock):
+    net = FakeNetwork(latency=0.002, seed=5)
+    peers = await mesh_of(nursery, net, 24, fanout=5)
+    await deploy(peers[3], deployment(replicas=2, cpu="100m"))
+    asked = answered(peers[3], "web")
+    assert len(asked) == 1 + 5  # itself and a sample of 5 others (≥ 2 × replicas), not 23
+    placed = {r["peer"] for r in peers[0].w.get("web", None, None)["replicaStatus"]}
+    assert len(placed) == 2 and placed <= asked
+
+
+class AvoidSampling:
+    """An rng whose sample leaves one peer out (as bad luck would)."""
+
+    def __init__(self, avoid):
+        import random
+        self.avoid, self.rng = avoid, random.Random(1)
+
+    def getrandbits(self, k):
+        return self.rng.getrandbits(k)
+
+    def sample(self, population, k):
+        return [p for p in population if p != self.avoid][:k]
+
+
+async def test_a_sample_that_cannot_place_asks_everyone_else(nursery, autojump_clock):
+    net = FakeNetwork(latency=0.002, seed=6)
+    first = Peer(net, fanout=4)
+    peers = [first] + [Peer(net, bootstrap=[first.id], fanout=4) for _ in range(10)]
+    gpu = Peer(net, bootstrap=[first.id], fanout=4, labels=[("gpu", "yes")])
+    peers.append(gpu)
+    for p in peers:
+        await nursery.start(p.run)
+    with trio.fail_after(10):
+        while not all(sum(v.state == "alive" for v in p.mesh.peers()) == len(peers) - 1 for p in peers):
+            await trio.sleep(0.05)
+    first.placement.rng = AvoidSampling(gpu.id)
+    m = deployment("train", replicas=1, cpu="100m")
+    m["spec"]["template"]["spec"]["nodeSelector"] = {"gpu": "yes"}
+    [w] = await deploy(first, m)
+    assert [r["peer"] for r in w["replicaStatus"]] == [gpu.id]
+    assert len(answered(first, "train")) == len(peers)  # the sample (all declined), then the rest
+
+
+async def test_a_node_policy_deny_means_no_bid_and_the_reason_is_explained(net, nursery, autojump_clock):
+    first = Peer(net)
+    refuse = Peer(net, bootstrap=[first.id],
+                  bid_gate=lambda manifest, origin: f"policy no-web: {manifest['metadata']['name']} is not welcome")
+    third = Peer(net, bootstrap=[first.id])
+    for p in (first, refuse, third):
+        await nursery.start(p.run)
+    with trio.fail_after(10):
+        while not all(sum(v.state == "alive" for v in p.mesh.peers()) == 2 for p in (first, refuse, third)):
+            await trio.sleep(0.05)
+    [w] = await deploy(first, deployment(replicas=2, cpu="100m"))
+    assert sorted(r["peer"] for r in w["replicaStatus"]) == sorted([first.id, third.id])
+    assert refuse.runtime.pod_names() == []
+    d = first.placement.find("web", "default")
+    assert dict(d.declined)[refuse.id] == "policy no-web: web is not welcome"
+
+
+@pytest.mark.parametrize("on_suspect", [True, False])
+async def test_stateless_replicas_move_when_their_peer_is_suspect(on_suspect, net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 4, heal_on_suspect=on_suspect)
+    a = peers[0]
+    [w] = await deploy(a, deployment(replicas=2, cpu="100m"))
+    victim = next(p for p in peers[1:] if p.runtime.pod_names())
+    net.partition({victim.id}, {p.id for p in peers if p is not victim})
+    with trio.fail_after(20):
+        while True:
+            await trio.sleep(0.05)
+            if all(r["peer"] != victim.id for r in a.w.get("web", None, None)["replicaStatus"]):
+                break
+    state = next(v.state for v in a.mesh.peers() if v.peer_id == victim.id)
+    # moved while the victim was only suspect — or, without heal_on_suspect, only once dead
+    assert state == ("suspect" if on_suspect else "dead")
