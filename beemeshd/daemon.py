@@ -22,6 +22,7 @@ from beemeshd.api.idl import INTERFACE_NAME, Interface
 from beemeshd.api.server import VarlinkServer
 from beemeshd.config import Config
 from beemeshd.core.reconcile import Backoff
+from beemeshd.core.trust import INVALID
 from beemeshd.events import EventBus, make_event, now_usec
 from beemeshd.runtime.base import Runtime, RuntimeStatus
 from beemeshd.store import Store
@@ -55,6 +56,7 @@ class Node:
     workloads: Workloads | None = None
     runtime_status: RuntimeStatus | None = None
     mesh: object | None = None  # beemeshd.mesh.Mesh when the mesh is enabled
+    trust: object | None = None  # beemeshd.core.trust.TrustBook, placement's ledger
 
     async def refresh_runtime(self) -> RuntimeStatus:
         self.runtime_status = await self.runtime.status()
@@ -144,6 +146,11 @@ class Node:
             "labels": {},
         }
         others = [peer_dict(p) for p in self.mesh.peers() if p.state != "self"] if self.mesh is not None else []
+        if self.trust is not None:  # our ledger of each (placement runs with the mesh)
+            now = trio.current_time()
+            for p in others:
+                p["trust"] = round(self.trust.score(p["peerId"], now), 4)
+                p["receipts"] = self.trust.receipts(p["peerId"])
         return [me, *others]
 
 
@@ -200,6 +207,8 @@ def make_placement(config: Config, node: Node, agent: Agent):
         placement.peer_event(kind, peer)
 
     node.mesh.on_peer_event = on_peer_event
+    node.mesh.on_misbehaviour = lambda peer, what: placement.trust.record(peer, INVALID, trio.current_time())
+    node.trust = placement.trust
     node.workloads = MeshWorkloads(placement, agent, node.runtime, node.events, node.identity.peer_id,
                                    runtime_status=node.refresh_runtime)
     return placement

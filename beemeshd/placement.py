@@ -34,6 +34,7 @@ from beemeshd.core import scheduler as sch
 from beemeshd.core.catalog import Catalog, Decision, Key
 from beemeshd.core.manifest import parse_manifest
 from beemeshd.core.protocol import TOPIC_EVENTS
+from beemeshd.core.trust import INVALID, TrustBook
 from beemeshd.events import EventBus, make_event
 from beemeshd.model import Workload
 
@@ -59,7 +60,8 @@ class Placement:
                  window: float = 0.25, on_change: Callable[[], None] = lambda: None,
                  persist: Callable[[Catalog], None] = lambda c: None,
                  bid_gate: Callable[[dict, str], str | None] | None = None,
-                 fanout: int = 16, heal_on_suspect: bool = True, rng: random.Random | None = None):
+                 fanout: int = 16, heal_on_suspect: bool = True, rng: random.Random | None = None,
+                 trust: TrustBook | None = None):
         self.mesh = mesh
         self.catalog = catalog
         self.events = events
@@ -72,6 +74,9 @@ class Placement:
         self.fanout = fanout
         self.heal_on_suspect = heal_on_suspect
         self.rng = rng or random.Random()
+        self.trust = trust or TrustBook()
+        # key -> {(replica, peer)} promised and not delivered in time: healing moves them
+        self._overdue: dict[Key, set[tuple[str, str]]] = {}
         self.peer_id = catalog.self_id
         # remote replica status: key -> replica -> (peer, row, generation)
         self.status: dict[Key, dict[str, tuple[str, dict, int]]] = {}
@@ -99,6 +104,7 @@ class Placement:
                 await handler(env)
             except (ValueError, KeyError, TypeError) as exc:  # well signed, badly shaped
                 self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
+                self.trust.record(env.sender, INVALID, trio.current_time())
                 log.debug("dropped %s from %s: %s", env.topic, env.sender, exc)
 
     def changed(self) -> trio.Event:
@@ -202,15 +208,16 @@ class Placement:
         await self.mesh.publish(TOPIC_EVENTS, {"type": "decision", "decision": d.to_wire()})
 
     # -- the auction -------------------------------------------------------------------------------
-    async def _auction(self, w: Workload, replicas: list[str], elsewhere: dict[str, int] | None = None):
+    async def _auction(self, w: Workload, replicas: list[str], elsewhere: dict[str, int] | None = None,
+                       avoid: frozenset[str] = frozenset()):
         cpu, mem = w.template.requests()
         ports = tuple(sorted({(p.host_port, p.protocol.lower()) for c in w.template.containers
                               for p in c.ports if p.host_port}))
         task = sch.Task(f"{self.rng.getrandbits(128):032x}", key_str(w.key), 0, tuple(replicas), cpu, mem, ports,
                         w.template.node_selector, tuple(sorted({c.image for c in w.template.containers})),
                         self.peer_id)
-        answers = {self.peer_id: self._evaluate(task, w.manifest, self.peer_id)}
-        others = sorted(set(self.healthy()) - {self.peer_id})
+        answers = {} if self.peer_id in avoid else {self.peer_id: self._evaluate(task, w.manifest, self.peer_id)}
+        others = sorted(set(self.healthy()) - {self.peer_id} - avoid)
         wire = dict(_task_wire(task), manifest=w.manifest)
         # A large mesh: ask a random sample first, everyone else only if the sample falls short.
         first = others if len(others) <= self.fanout else self.rng.sample(others, max(self.fanout, 2 * len(replicas)))
@@ -220,14 +227,33 @@ class Placement:
             rest = [p for p in others if p not in expected]
             expected.update(rest)
             await self._ask_all(task, wire, rest, answers)
+        answers = {pid: self._judge(a) for pid, a in answers.items()}
         bids = [a for a in answers.values() if isinstance(a, sch.Bid)]
         declined = sorted((a.peer_id, a.reason) for a in answers.values() if isinstance(a, sch.Decline))
         declined += [(p, "did not answer in time") for p in sorted(expected - answers.keys())]
         decision = sch.choose(task, bids, elsewhere=elsewhere)
         placed = decision.peers()
         rules = {p.replica: p.rule for p in decision.placements}
+        # Explain how trust moved it: the winners by every other part of the score alone.
+        neutral = sch.choose(task, [replace(b, trust=0.5) for b in bids], elsewhere=elsewhere).peers()
+        for r, peer in placed.items():
+            if neutral.get(r) != peer and neutral.get(r) is not None:
+                rules[r] += f"; trust moved it (without trust: {neutral[r]})"
         bid_views = [_bid_view(b, verified=True) for b in sch.rank(task.task_id, bids)]
         return placed, rules, bid_views, declined
+
+    def _judge(self, a: sch.Bid | sch.Decline) -> sch.Bid | sch.Decline:
+        """A bid as we see it: its trust part is ours, not its claim; an untrusted peer gets no work."""
+        if not isinstance(a, sch.Bid):
+            return a
+        now = trio.current_time()
+        score = self.trust.score(a.peer_id, now)
+        if score < self.trust.threshold:
+            bad = {k: v for k, v in self.trust.receipts(a.peer_id).items() if v and k != "delivered"}
+            why = ", ".join(f"{v} {k}" for k, v in bad.items())
+            return sch.Decline(a.peer_id, a.task_id, f"untrusted: trust {score:.2f} < {self.trust.threshold:.2f}"
+                               + (f" ({why})" if why else ""))
+        return replace(a, trust=round(score, 6))
 
     def _evaluate(self, task: sch.Task, manifest: dict, origin: str) -> sch.Bid | sch.Decline:
         """This peer's answer: node-local policy first (a deny means no bid), then capacity."""
@@ -244,6 +270,7 @@ class Placement:
                 answers[peer] = _answer_from_wire(peer, task.task_id, reply)
             except (ValueError, KeyError, TypeError):
                 self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
+                self.trust.record(peer, INVALID, trio.current_time())
             except Exception as exc:  # unreachable, timed out, refused: it simply did not bid
                 log.debug("no bid from %s: %s", peer, exc)
 
@@ -290,12 +317,39 @@ class Placement:
             for row in p["rows"]:
                 table[str(row["name"])] = (env.sender, dict(row), int(p["generation"]))
                 self._row_event(key, env.sender, row, before.get(str(row["name"])))
+                self._receipt(key, str(row["name"]), env.sender, str(row.get("state")))
             self._signal()
+
+    def _receipt(self, key: Key, replica: str, peer: str, state: str) -> None:
+        """Trust evidence from a status row. A failure is the peer's fault only if the workload
+        runs elsewhere (otherwise the manifest is to blame, not the peer that tried)."""
+        excused = state == "failed" and not any(
+            row.get("state") in ("running", "ready") for who, row, _ in self.status.get(key, {}).values()
+            if who != peer)
+        self.trust.reported(key, replica, peer, state, trio.current_time(), excused=excused)
+        if state in ("running", "ready"):
+            self._overdue.get(key, set()).discard((replica, peer))
+
+    def _promises(self, before: Decision | None, d: Decision) -> None:
+        """Keep the trust ledger's promises in step with the catalog."""
+        now = trio.current_time()
+        if d.deleted:
+            self.trust.released(d.key)
+            self._overdue.pop(d.key, None)
+            return
+        now_assigned = dict(d.assignments)
+        for r in (dict(before.assignments) if before is not None else {}):
+            if r not in now_assigned:
+                self.trust.released(d.key, r)
+        for r, peer in d.assignments:
+            if peer is not None:
+                self.trust.assigned(d.key, r, peer, d.generation, now)
 
     def _merge(self, d: Decision) -> None:
         before = self.catalog.entries.get(d.key)
         if not self.catalog.merge(d):
             return
+        self._promises(before, d)
         self.persist(self.catalog)
         ns, _, name = d.key
         if d.deleted:
@@ -315,6 +369,8 @@ class Placement:
 
     async def publish_status(self, key: Key, generation: int, rows: list[dict]) -> None:
         self._seq = max(self._seq + 1, time.time_ns() // 1000)  # increasing across restarts too
+        for row in rows:  # our own promises settle too (we hear our gossip from no one)
+            self._receipt(key, str(row["name"]), self.peer_id, str(row.get("state")))
         await self.mesh.publish(TOPIC_EVENTS, {"type": "status", "key": list(key), "generation": generation,
                                                "seq": self._seq, "rows": rows})
 
@@ -337,14 +393,31 @@ class Placement:
             with trio.move_on_after(HEAL_INTERVAL):
                 await self._heal_now.wait()
             self._heal_now = trio.Event()
+            for p in self.trust.tick(trio.current_time()):
+                log.warning("%s did not deliver %s of %s in time", p.peer, p.replica, key_str(p.key))
+                self._overdue.setdefault(p.key, set()).add((p.replica, p.peer))
             try:
                 await self.heal_once()
             except (errors.BeeMeshError, trio.BrokenResourceError) as exc:
                 log.warning("healing failed: %s", exc)
 
     async def heal_once(self) -> None:
-        alive = self.healthy()
-        for key, lost in self.catalog.orphaned(set(alive)).items():
+        now = trio.current_time()
+        healthy = self.healthy()
+        alive = [p for p in healthy if self.trust.trusted(p, now)]
+        orphans = self.catalog.orphaned(set(alive))
+        for key, late in list(self._overdue.items()):  # promised, never delivered: move them too
+            d = self.catalog.entries.get(key)
+            if d is None or d.deleted:
+                del self._overdue[key]
+                continue
+            current = dict(d.assignments)
+            late = {(r, p) for r, p in late if current.get(r) == p}
+            self._overdue[key] = late
+            extra = [r for r, _ in sorted(late) if r not in orphans.get(key, [])]
+            if extra:
+                orphans[key] = orphans.get(key, []) + extra
+        for key, lost in orphans.items():
             d = self.catalog.entries[key]
             if key[1] == "StatefulSet" or self.catalog.healer(key, alive) != self.peer_id:
                 continue
@@ -357,7 +430,8 @@ class Placement:
             for r, p in d.assignments:
                 if r not in lost:
                     held[p] = held.get(p, 0) + 1
-            placed, rules, bids, declined = await self._auction(w, lost, held)
+            failed_here = frozenset(p for r, p in self._overdue.get(key, ()) if r in lost)
+            placed, rules, bids, declined = await self._auction(w, lost, held, avoid=failed_here)
             if not any(placed.values()):
                 continue
             old = dict(d.assignments)
@@ -365,7 +439,9 @@ class Placement:
             all_rules = dict(d.rules)
             for r in lost:
                 was = old.get(r)
-                why = f"peer {was} is dead" if was else "was unplaced"
+                why = ("was unplaced" if not was
+                       else f"peer {was} did not deliver it in time" if was in failed_here
+                       else f"peer {was} is untrusted" if was in healthy else f"peer {was} is unreachable")
                 all_rules[r] = f"re-placed ({why}): {rules.get(r, '')}"
             healed = replace(d, assignments=assignments, rules=tuple(all_rules.items()), bids=tuple(bids),
                              declined=tuple(declined), origin=self.peer_id, decided_usec=now_usec(),

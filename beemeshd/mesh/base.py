@@ -79,6 +79,8 @@ class MeshBase:
         self.gate = proto.Gate(proto.ReplayCache(replay_ttl), freshness)
         self.counters = self.gate.counters
         self.on_peer_event: Callable[[str, str], None] = lambda kind, peer: None
+        # (peer, what): a message provably from that peer was stale or replayed (trust evidence)
+        self.on_misbehaviour: Callable[[str, str], None] = lambda peer, what: None
         self.bootstrap = list(bootstrap)  # (peer id, addresses)
         self.rng = rng or random.Random()
         self._record = dict(DEFAULT_RECORD)
@@ -281,6 +283,9 @@ class MeshBase:
             env = self.gate.accept(raw, self._wall(), topic=protocol, kind="req", sender=remote)
         except proto.Rejected as exc:
             log.debug("dropped %s request from %s: %s", protocol, remote, exc)
+            if isinstance(exc, (proto.Stale, proto.Replayed)):
+                # signed by `remote` and sent on its own stream: its doing, not a relay's
+                self.on_misbehaviour(remote, exc.counter)
             return None
         self._emit(self.membership.heard(remote, self._now()))
         handler = self._handlers.get(protocol)

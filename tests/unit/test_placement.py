@@ -28,7 +28,7 @@ def deployment(name="web", replicas=3, cpu="500m", kind="Deployment", port=18080
 
 
 class Peer:
-    def __init__(self, net, bootstrap=(), cpu=2000, labels=(), **placement_kw):
+    def __init__(self, net, bootstrap=(), cpu=2000, labels=(), liar=False, **placement_kw):
         self.mesh = FakeMesh(net, bootstrap=list(bootstrap), timings=Timings(0.5, 1.0, 2.0))
         self.id = self.mesh.peer_id
         self.runtime = FakeRuntime(now=trio.current_time)
@@ -42,6 +42,7 @@ class Peer:
                            wanted=self.placement.wanted)
         self.agent.remote_ready = self.placement.remote_ready
         self.w = Workloads(self.placement, self.agent, self.runtime, self.events, self.id)
+        self.liar = liar  # bids (with lots of capacity) but never runs what it wins
         self.scope = None
 
     def state(self):
@@ -52,9 +53,11 @@ class Peer:
         with trio.CancelScope() as self.scope:
             async with trio.open_nursery() as n:
                 await n.start(self.mesh.run)
-                await n.start(self.agent.run)
+                if not self.liar:
+                    await n.start(self.agent.run)
                 await n.start(self.placement.run)
-                n.start_soon(self.w.status_loop)
+                if not self.liar:
+                    n.start_soon(self.w.status_loop)
                 task_status.started()
 
     def kill(self):
@@ -320,3 +323,42 @@ async def test_stateless_replicas_move_when_their_peer_is_suspect(on_suspect, ne
     state = next(v.state for v in a.mesh.peers() if v.peer_id == victim.id)
     # moved while the victim was only suspect — or, without heal_on_suspect, only once dead
     assert state == ("suspect" if on_suspect else "dead")
+
+
+async def test_a_peer_that_never_runs_what_it_wins_loses_trust_and_work(net, nursery, autojump_clock):
+    from beemeshd.core.trust import TrustBook
+
+    first = Peer(net, trust=TrustBook(deliver_within=5))
+    honest = [first] + [Peer(net, bootstrap=[first.id], trust=TrustBook(deliver_within=5)) for _ in range(2)]
+    liar = Peer(net, bootstrap=[first.id], liar=True, trust=TrustBook(deliver_within=5))
+    peers = honest + [liar]
+    for p in peers:
+        await nursery.start(p.run)
+    with trio.fail_after(10):
+        while not all(sum(v.state == "alive" for v in p.mesh.peers()) == 3 for p in peers):
+            await trio.sleep(0.05)
+    # four replicas over four peers: spreading gives the liar one of each workload
+    for i in range(2):
+        await deploy(first, deployment(f"w{i}", replicas=4, cpu="100m", port=18080 + i), wait=False)
+        assert liar.id in dict(first.placement.find(f"w{i}", "default").assignments).values()
+    # promised, never delivered: moved to honest peers after deliver_within
+    with trio.fail_after(30):
+        while any(first.w.get(f"w{i}", None, None)["readyReplicas"] != 4 for i in range(2)):
+            await trio.sleep(0.5)
+    now = trio.current_time()
+    for i in range(2):
+        d = first.placement.find(f"w{i}", "default")
+        assert liar.id not in dict(d.assignments).values()
+        moved = [rule for r, rule in d.rules if "did not deliver it in time" in rule]
+        assert len(moved) == 1
+    assert first.placement.trust.receipts(liar.id)["undelivered"] == 2
+    # every honest peer kept the same ledger from the gossip it saw, and no longer trusts it
+    for p in honest:
+        assert not p.placement.trust.trusted(liar.id, now)
+        assert p.placement.trust.score(first.id, now) > 0.5  # delivered
+    # so it gets no more work, and Explain says why
+    await deploy(honest[1], deployment("later", replicas=3, cpu="100m", port=18090), wait=False)
+    d = honest[1].placement.find("later", "default")
+    assert liar.id not in dict(d.assignments).values()
+    assert dict(d.declined)[liar.id].startswith("untrusted: trust")
+    assert liar.runtime.pod_names() == []

@@ -1,0 +1,86 @@
+"""Trust ledger (pure): receipts, promises, decay, threshold."""
+
+from beemeshd.core.trust import CONTRADICTED, DELIVERED, INVALID, UNDELIVERED, TrustBook
+
+KEY = ("default", "Deployment", "web")
+
+
+def test_no_evidence_is_neutral_and_trusted():
+    t = TrustBook()
+    assert t.score("p", 0) == 0.5 and t.trusted("p", 0)
+    assert t.receipts("p") == {DELIVERED: 0, UNDELIVERED: 0, CONTRADICTED: 0, INVALID: 0}
+
+
+def test_delivering_raises_and_failing_to_deliver_sinks_below_the_threshold():
+    t = TrustBook(deliver_within=10)
+    t.assigned(KEY, "web-a", "good", 1, now=0)
+    t.assigned(KEY, "web-b", "bad", 1, now=0)
+    t.reported(KEY, "web-a", "good", "running", now=3)
+    assert t.score("good", 3) > 0.5
+    assert t.tick(9) == []
+    [late] = t.tick(10)
+    assert (late.replica, late.peer) == ("web-b", "bad")
+    assert t.score("bad", 10) == 0.25 and t.trusted("bad", 10)  # one miss: at the threshold
+    t.assigned(KEY, "web-c", "bad", 2, now=10)
+    t.tick(20)
+    assert t.score("bad", 20) < 0.25 and not t.trusted("bad", 20)
+    assert t.receipts("bad")[UNDELIVERED] == 2
+
+
+def test_a_report_from_someone_else_settles_nothing():
+    t = TrustBook(deliver_within=10)
+    t.assigned(KEY, "web-a", "owner", 1, now=0)
+    t.reported(KEY, "web-a", "impostor", "running", now=1)
+    assert t.score("impostor", 1) == 0.5
+    assert [p.peer for p in t.tick(10)] == ["owner"]
+
+
+def test_failure_counts_against_a_peer_only_when_not_excused():
+    t = TrustBook()
+    t.assigned(KEY, "web-a", "p", 1, now=0)
+    t.reported(KEY, "web-a", "p", "failed", now=1, excused=True)  # fails everywhere: the manifest's fault
+    assert t.score("p", 1) == 0.5 and t.promises == {}
+    t.assigned(KEY, "web-b", "p", 1, now=0)
+    t.reported(KEY, "web-b", "p", "failed", now=1)
+    assert t.score("p", 1) < 0.5 and t.receipts("p")[CONTRADICTED] == 1
+
+
+def test_a_new_generation_on_the_same_peer_owes_nothing_new():
+    t = TrustBook(deliver_within=10)
+    t.assigned(KEY, "web-a", "p", 1, now=0)
+    t.reported(KEY, "web-a", "p", "ready", now=1)
+    t.assigned(KEY, "web-a", "p", 2, now=50)  # e.g. a scale of the workload
+    assert t.promises == {} and t.tick(100) == []
+    t.assigned(KEY, "web-a", "q", 3, now=100)  # moved: the new holder owes it
+    assert [p.peer for p in t.tick(110)] == ["q"]
+
+
+def test_deleting_releases_promises():
+    t = TrustBook(deliver_within=10)
+    t.assigned(KEY, "web-a", "p", 1, now=0)
+    t.assigned(KEY, "web-b", "p", 1, now=0)
+    t.released(KEY, "web-b")
+    assert [p.replica for p in t.tick(10)] == ["web-a"]
+    t.assigned(KEY, "web-c", "p", 2, now=10)
+    t.released(KEY)
+    assert t.tick(100) == []
+
+
+def test_scores_decay_back_toward_neutral():
+    t = TrustBook(half_life=100)
+    for _ in range(4):
+        t.record("p", INVALID, now=0)
+    low = t.score("p", 0)
+    assert low < 0.5
+    assert low < t.score("p", 100) < t.score("p", 1000) < 0.5
+    assert abs(t.score("p", 10_000) - 0.5) < 1e-3
+
+
+def test_a_promise_moved_after_it_fell_due_still_counts_as_undelivered():
+    t = TrustBook(deliver_within=10)
+    t.assigned(KEY, "web-a", "slow", 1, now=0)
+    t.assigned(KEY, "web-a", "other", 2, now=10.5)  # another peer healed it before our tick
+    assert t.receipts("slow")[UNDELIVERED] == 1
+    t.assigned(KEY, "web-b", "dead", 1, now=20)
+    t.assigned(KEY, "web-b", "other", 2, now=22)  # moved early (its peer died): no blame
+    assert t.receipts("dead")[UNDELIVERED] == 0
