@@ -49,6 +49,42 @@ async def _pump(runtime, scope, pod, replica, container, tail, send) -> None:
                 pass
 
 
+async def chain(iterators) -> AsyncIterator[dict]:
+    for it in iterators:
+        async for x in it:
+            yield x
+
+
+async def merge(spawn: Callable, iterators) -> AsyncIterator[dict]:
+    """Items of every iterator as they come (each drained by a background task, see `stream`);
+    ends when all have ended. A source that fails ends quietly: the others go on."""
+    send, receive = trio.open_memory_channel(256)
+    scopes = [trio.CancelScope() for _ in iterators]
+    try:
+        for scope, it in zip(scopes, iterators):
+            spawn(_drain, scope, it, send.clone())
+        send.close()
+        async with receive:
+            async for x in receive:
+                yield x
+    finally:
+        for scope in scopes:
+            scope.cancel()
+
+
+async def _drain(scope, it, send) -> None:
+    with scope:
+        async with send:
+            try:
+                async for x in it:
+                    await send.send(x)
+            except (errors.BeeMeshError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                with trio.CancelScope(shield=True):
+                    await it.aclose()
+
+
 def with_namespace(w, namespace: str):
     """The workload in `namespace` unless its manifest names one (kubectl apply -n)."""
     from dataclasses import replace

@@ -28,6 +28,7 @@ log = logging.getLogger("beemeshd.workloads")
 
 PROTO_LOGS = "/beemesh/logs/1"
 MAX_REMOTE_LINES = 10000
+FOLLOW_POLL = 0.5  # seconds between asks for new lines of a followed replica on another peer
 
 
 class Workloads:
@@ -259,32 +260,83 @@ class Workloads:
             raise errors.InvalidParameter("replica", f"{replica} is not a running replica of {name}")
         return out
 
-    async def remote_logs(self, name, namespace, replica, container, tail, follow) -> AsyncIterator[dict]:
-        """Lines of the replicas that run on other peers, asked of those peers (not followed:
-        `follow` reads this peer's replicas; a followed replica elsewhere is an error naming
-        the peer to ask)."""
+    def _remote_peers(self, d: Decision, replica) -> list[str]:
+        return sorted({p for r, p in d.assignments if p is not None and p != self.peer_id
+                       and (replica is None or r == replica)})
+
+    async def remote_logs(self, name, namespace, replica, container, tail, follow,
+                          followed_here: frozenset = frozenset()) -> AsyncIterator[dict]:
+        """Lines of the replicas that run on other peers, asked of those peers. Followed, each
+        peer is asked every FOLLOW_POLL seconds for lines newer than the last it sent, and the
+        peers are re-read from the current decision each time — a replica that moves is followed
+        to its new peer; a peer that stops answering is skipped until it does (or loses it).
+        Replicas that come to this peer after `followed_here` was taken are read the same way."""
         d = self.placement.find(name, namespace or "default")
-        peers = sorted({p for r, p in d.assignments if p is not None and p != self.peer_id
-                        and (replica is None or r == replica)})
-        if follow:
-            if replica is not None and peers:
-                raise errors.PeerUnreachable(peers[0], f"{replica} runs on that peer: follow its logs there")
-            return
         body = {"namespace": d.key[0], "name": d.key[2], "replica": replica, "container": container, "tail": tail}
-        for peer in peers:
-            reply = await self.placement.mesh.request(peer, PROTO_LOGS, body, 10.0)
-            for line in reply.get("lines", ())[:MAX_REMOTE_LINES]:
-                yield {k: line[k] for k in ("replica", "container", "stream", "timestampUSec", "line")}
+        if not follow:
+            for peer in self._remote_peers(d, replica):
+                reply = await self.placement.mesh.request(peer, PROTO_LOGS, body, 10.0)
+                for line in reply.get("lines", ())[:MAX_REMOTE_LINES]:
+                    yield _log_line(line)
+            return
+        since: dict[str, int] = {}
+        while True:
+            try:
+                d = self.placement.find(d.key[2], d.key[0], d.key[1])
+            except errors.WorkloadNotFound:
+                return  # deleted: the stream ends, as a followed log ends when its container goes
+            peers = self._remote_peers(d, replica)
+            if any(p == self.peer_id and r not in followed_here and replica in (None, r) for r, p in d.assignments):
+                peers.append(self.peer_id)
+            for peer in peers:
+                ask = dict(body, tail=tail if peer not in since else None, sinceUSec=since.get(peer))
+                try:
+                    if peer == self.peer_id:
+                        reply = await self._local_lines(ask, skip=followed_here)
+                    else:
+                        reply = await self.placement.mesh.request(peer, PROTO_LOGS, ask, 5.0)
+                except Exception as exc:  # unreachable or failing: ask again next round
+                    log.debug("following logs on %s: %s", peer, exc)
+                    continue
+                since.setdefault(peer, 0)
+                for line in reply.get("lines", ())[:MAX_REMOTE_LINES]:
+                    out = _log_line(line)
+                    since[peer] = max(since[peer], int(out["timestampUSec"]))
+                    yield out
+            await trio.sleep(FOLLOW_POLL)
 
     async def _handle_logs(self, env) -> dict:
-        p = env.payload
-        sources = self.log_sources(str(p["name"]), str(p["namespace"]), p.get("replica"), p.get("container"))
-        tail = p.get("tail")
+        return await self._local_lines(env.payload)
+
+    async def _local_lines(self, p: dict, skip: frozenset = frozenset()) -> dict:
+        try:
+            sources = self.log_sources(str(p["name"]), str(p["namespace"]), p.get("replica"), p.get("container"))
+            sources = [s for s in sources if s[1] not in skip]
+        except errors.InvalidParameter:
+            if p.get("sinceUSec") is None:
+                raise
+            return {"lines": []}  # a followed replica not (yet, or no longer) running here
+        tail, since = p.get("tail"), p.get("sinceUSec")
         lines = [x async for x in self.logs(sources, None if tail is None else int(tail), False)]
+        if since is not None:
+            lines = [x for x in lines if x["timestampUSec"] > int(since)]
         return {"lines": lines[-MAX_REMOTE_LINES:]}
 
     def logs(self, sources, tail, follow) -> AsyncIterator[dict]:
         return logstream.stream(self.runtime, self.agent.spawn, sources, tail, follow)
+
+    def all_logs(self, sources, name, namespace, replica, container, tail, follow) -> AsyncIterator[dict]:
+        """This peer's lines and the other peers' (merged as they come when followed)."""
+        local = self.logs(sources, tail, follow)
+        far = self.remote_logs(name, namespace, replica, container, tail, follow,
+                               followed_here=frozenset(r for _, r, _ in sources))
+        if follow:
+            return logstream.merge(self.agent.spawn, [local, far])
+        return logstream.chain([local, far])
+
+
+def _log_line(line: dict) -> dict:
+    return {k: line[k] for k in ("replica", "container", "stream", "timestampUSec", "line")}
 
 
 def _port(replica, host_ip, host_port, container_port, protocol) -> dict:

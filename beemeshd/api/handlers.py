@@ -75,20 +75,11 @@ class MeshHandlers:
             raise verr.expected_more()
         tail = None if tail is None else int(tail)
         sources = self.node.workloads.log_sources(name, namespace, replica, container)
-        local = self.node.workloads.logs(sources, tail, bool(follow))
-        remote = getattr(self.node.workloads, "remote_logs", None)
-        if remote is None:
-            lines = local
+        everywhere = getattr(self.node.workloads, "all_logs", None)  # mesh on: other peers' too
+        if everywhere is None:
+            lines = self.node.workloads.logs(sources, tail, bool(follow))
         else:
-            far = remote(name, namespace, replica, container, tail, bool(follow))
-
-            async def both():
-                async for line in local:
-                    yield line
-                async for line in far:
-                    yield line
-
-            lines = both()
+            lines = everywhere(sources, name, namespace, replica, container, tail, bool(follow))
         if not call.more:
             return {"lines": [line async for line in lines]}
 

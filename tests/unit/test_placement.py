@@ -236,10 +236,53 @@ async def test_logs_of_replicas_on_other_peers(net, nursery, autojump_clock):
     lines += [x async for x in c.w.remote_logs("web", None, None, None, None, False)]
     assert sorted(x["replica"] for x in lines) == ["web-0", "web-1", "web-2"]
     assert all(x["line"] == f"hello from {x['replica']}.default" for x in lines)
-    far = next(r["name"] for r in w["replicaStatus"] if r["peer"] != c.id)
-    with pytest.raises(errors.PeerUnreachable):
-        async for _ in c.w.remote_logs("web", None, far, None, None, True):
-            pass
+
+
+@pytest.mark.parametrize("move_here", [False, True])
+async def test_follow_merges_local_and_remote_lines_and_follows_a_moved_replica(move_here, net, nursery,
+                                                                                 autojump_clock):
+    peers = await mesh_of(nursery, net, 4)
+    a = peers[0]
+    [w] = await deploy(a, deployment(replicas=2, cpu="100m"))
+    far_row = next(r for r in w["replicaStatus"] if r["peer"] != a.id)
+    far = next(p for p in peers if p.id == far_row["peer"])
+    if move_here:  # the dead peer's replica must land on the follower's own peer
+        for p in peers:
+            if p not in (a, far):
+                p.cpu = 0
+    got = []
+
+    async def follow():
+        sources = a.w.log_sources("web", None, None, None)
+        async for line in a.w.all_logs(sources, "web", None, None, None, 0, True):
+            got.append((line["replica"], line["line"]))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(follow)
+        await trio.sleep(0.2)
+        for p in (a, far):
+            for pod in p.runtime.pod_names():
+                p.runtime.append_log(pod, "app", f"first from {pod}")
+        await trio.sleep(2)
+        assert sorted(got) == sorted((pod.split(".")[0], f"first from {pod}")
+                                     for p in (a, far) for pod in p.runtime.pod_names())
+        # the far replica's peer dies: the replica is re-placed, and its new peer's lines follow
+        far.kill()
+        with trio.fail_after(20):
+            while True:
+                moved = next(r for r in a.w.get("web", None, None)["replicaStatus"] if r["name"] == far_row["name"])
+                if moved["peer"] not in (far.id, None) and moved["state"] in ("running", "ready"):
+                    break
+                await trio.sleep(0.2)
+        new = next(p for p in peers if p.id == moved["peer"])
+        assert (new is a) == move_here
+        pod = next(x for x in new.runtime.pod_names() if x.startswith(far_row["name"] + "."))
+        new.runtime.append_log(pod, "app", "hello from the new home")
+        with trio.fail_after(5):
+            while (far_row["name"], "hello from the new home") not in got:
+                await trio.sleep(0.1)
+        n.cancel_scope.cancel()
+    assert len(got) == len(set(got))  # nothing twice
 
 
 def answered(peer, name):
