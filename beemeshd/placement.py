@@ -357,9 +357,13 @@ class Placement:
         excused = state == "failed" and not any(
             row.get("state") in ("running", "ready") for who, row, _ in self.status.get(key, {}).values()
             if who != peer)
+        owed = getattr(self.trust.promises.get((key, replica)), "peer", None) == peer
         self.trust.reported(key, replica, peer, state, trio.current_time(), excused=excused)
         if state in ("running", "ready"):
             self._overdue.get(key, set()).discard((replica, peer))
+        elif state == "failed" and owed and not excused:  # it claimed it could: move it now
+            self._overdue.setdefault(key, set()).add((replica, peer))
+            self._heal_now.set()
 
     def _promises(self, before: Decision | None, d: Decision) -> None:
         """Keep the trust ledger's promises in step with the catalog."""
@@ -471,7 +475,7 @@ class Placement:
             for r in lost:
                 was = old.get(r)
                 why = ("was unplaced" if not was
-                       else f"peer {was} did not deliver it in time" if was in failed_here
+                       else f"peer {was} did not deliver it" if was in failed_here
                        else f"peer {was} is untrusted" if was in healthy else f"peer {was} is unreachable")
                 all_rules[r] = f"re-placed ({why}): {rules.get(r, '')}"
             healed = replace(d, assignments=assignments, rules=tuple(all_rules.items()), bids=tuple(bids),

@@ -7,7 +7,8 @@ peer owes a report of it running within `deliver_within` seconds.
 Receipts (weights say how much one counts):
 - delivered      +1  the replica was reported running/ready in time
 - undelivered    −2  won a bid, never reported it running in time
-- contradicted   −1  won a bid, then reported the replica failed (its claim did not hold)
+- contradicted   −2  won a bid, then reported the replica failed while it ran elsewhere (its
+                     claim to be able to run it did not hold)
 - invalid        −0.5 a signed message that was stale, replayed or malformed
 
 Score = (1 + good) / (2 + good + bad), a Beta-reputation mean: 0.5 with no evidence, and every
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 DELIVERED, UNDELIVERED, CONTRADICTED, INVALID = "delivered", "undelivered", "contradicted", "invalid"
 KINDS = (DELIVERED, UNDELIVERED, CONTRADICTED, INVALID)
 GOOD = {DELIVERED: 1.0}
-BAD = {UNDELIVERED: 2.0, CONTRADICTED: 1.0, INVALID: 0.5}
+BAD = {UNDELIVERED: 2.0, CONTRADICTED: 2.0, INVALID: 0.5}
 
 
 @dataclass
