@@ -405,3 +405,23 @@ async def test_a_peer_that_never_runs_what_it_wins_loses_trust_and_work(net, nur
     assert liar.id not in dict(d.assignments).values()
     assert dict(d.declined)[liar.id].startswith("untrusted: trust")
     assert liar.runtime.pod_names() == []
+
+
+async def test_a_replica_that_fails_where_others_run_is_moved_and_costs_trust(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 4)
+    a = peers[0]
+    broken = peers[2]
+    for _ in range(50):
+        broken.runtime.fail_next_create("storage is read-only")
+    [w] = await deploy(a, deployment(replicas=4, cpu="100m"), wait=False)
+    assert broken.id in {r["peer"] for r in w["replicaStatus"]}
+    with trio.fail_after(30):
+        while True:
+            await trio.sleep(0.25)
+            v = a.w.get("web", None, None)
+            if v["readyReplicas"] == 4 and broken.id not in {r["peer"] for r in v["replicaStatus"]}:
+                break
+    rules = dict(a.placement.find("web", "default").rules)
+    assert any(f"peer {broken.id} did not deliver it" in rule for rule in rules.values())
+    assert a.placement.trust.receipts(broken.id)["contradicted"] == 1
+    assert a.placement.trust.score(broken.id, trio.current_time()) < 0.5
