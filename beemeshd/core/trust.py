@@ -20,7 +20,7 @@ Pure: all times are arguments.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 DELIVERED, UNDELIVERED, CONTRADICTED, INVALID = "delivered", "undelivered", "contradicted", "invalid"
 KINDS = (DELIVERED, UNDELIVERED, CONTRADICTED, INVALID)
@@ -43,6 +43,7 @@ class Promise:
     peer: str
     generation: int
     due: float
+    excused: bool = False  # its last report was a failure the workload has everywhere
 
 
 class TrustBook:
@@ -92,18 +93,22 @@ class TrustBook:
             del self.promises[(key, replica)]
             self.settled[(key, replica)] = peer
             self.record(peer, DELIVERED, now)
+        elif state == "failed" and excused:
+            # not its fault so far; stays owed (a later report, once others run it, may count)
+            self.promises[(key, replica)] = replace(p, excused=True)
         elif state == "failed":
             del self.promises[(key, replica)]
-            if not excused:
-                self.record(peer, CONTRADICTED, now)
+            self.record(peer, CONTRADICTED, now)
 
     def tick(self, now: float) -> list[Promise]:
-        """Promises that fell due unmet: recorded as undelivered, and returned."""
+        """Promises that fell due unmet: recorded as undelivered, and returned (those whose last
+        word was an excused failure are dropped without blame: the workload fails everywhere)."""
         due = [p for p in self.promises.values() if p.due <= now]
         for p in due:
             del self.promises[(p.key, p.replica)]
-            self.record(p.peer, UNDELIVERED, now)
-        return due
+            if not p.excused:
+                self.record(p.peer, UNDELIVERED, now)
+        return [p for p in due if not p.excused]
 
     # -- judgement -----------------------------------------------------------------------------
     def score(self, peer: str, now: float) -> float:

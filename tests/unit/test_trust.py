@@ -38,8 +38,8 @@ def test_a_report_from_someone_else_settles_nothing():
 def test_failure_counts_against_a_peer_only_when_not_excused():
     t = TrustBook()
     t.assigned(KEY, "web-a", "p", 1, now=0)
-    t.reported(KEY, "web-a", "p", "failed", now=1, excused=True)  # fails everywhere: the manifest's fault
-    assert t.score("p", 1) == 0.5 and t.promises == {}
+    t.reported(KEY, "web-a", "p", "failed", now=1, excused=True)  # fails everywhere (so far): no blame
+    assert t.score("p", 1) == 0.5 and (KEY, "web-a") in t.promises  # but still owed
     t.assigned(KEY, "web-b", "p", 1, now=0)
     t.reported(KEY, "web-b", "p", "failed", now=1)
     assert t.score("p", 1) < 0.5 and t.receipts("p")[CONTRADICTED] == 1
@@ -84,3 +84,14 @@ def test_a_promise_moved_after_it_fell_due_still_counts_as_undelivered():
     t.assigned(KEY, "web-b", "dead", 1, now=20)
     t.assigned(KEY, "web-b", "other", 2, now=22)  # moved early (its peer died): no blame
     assert t.receipts("dead")[UNDELIVERED] == 0
+
+
+def test_an_excused_failure_is_blamed_once_others_run_it_and_forgiven_if_all_fail():
+    t = TrustBook(deliver_within=10)
+    t.assigned(KEY, "web-a", "p", 1, now=0)
+    t.reported(KEY, "web-a", "p", "failed", now=1, excused=True)
+    t.reported(KEY, "web-a", "p", "failed", now=5)  # meanwhile others run it
+    assert t.receipts("p")[CONTRADICTED] == 1
+    t.assigned(KEY, "web-b", "q", 1, now=0)
+    t.reported(KEY, "web-b", "q", "failed", now=1, excused=True)
+    assert t.tick(10) == [] and t.receipts("q")[UNDELIVERED] == 0 and t.promises == {}
