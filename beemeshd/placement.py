@@ -76,8 +76,10 @@ class Placement:
         self.heal_on_suspect = heal_on_suspect
         self.rng = rng or random.Random()
         self.trust = trust or TrustBook()
+        self.trust.runs_elsewhere = self._runs_elsewhere
         # key -> {(replica, peer)} promised and not delivered in time: healing moves them
         self._overdue: dict[Key, set[tuple[str, str]]] = {}
+        self._own_rows: dict[Key, list[dict]] = {}  # our replicas' last status report, per workload
         self.peer_id = catalog.self_id
         self._nursery: trio.Nursery | None = None
         # remote replica status: key -> replica -> (peer, row, generation)
@@ -119,19 +121,25 @@ class Placement:
     def changed(self) -> trio.Event:
         return self._changed
 
-    def _signal(self) -> None:
+    def _signal(self, local: bool = True) -> None:
+        """Wake whoever waits on changed(); poke the agent (on_change) only when the change
+        concerns replicas of this peer — in a large mesh nearly every change is about others."""
         self._changed.set()
         self._changed = trio.Event()
-        self.on_change()
+        if local:
+            self.on_change()
+
+    def _runs_here(self, d: Decision | None) -> bool:
+        return d is not None and any(p == self.peer_id for _, p in d.assignments)
 
     # -- queries -----------------------------------------------------------------------------------
     def alive(self) -> list[str]:
-        return sorted(p.peer_id for p in self.mesh.peers() if p.state in ("self", "alive", "suspect"))
+        return sorted([self.peer_id, *self.mesh.peer_ids(("alive", "suspect"))])
 
     def healthy(self) -> list[str]:
         """Peers whose replicas stay put: alive ones, and suspects unless we heal on suspicion."""
-        ok = ("self", "alive") if self.heal_on_suspect else ("self", "alive", "suspect")
-        return sorted(p.peer_id for p in self.mesh.peers() if p.state in ok)
+        ok = ("alive",) if self.heal_on_suspect else ("alive", "suspect")
+        return sorted([self.peer_id, *self.mesh.peer_ids(ok)])
 
     def workload(self, d: Decision) -> Workload:
         """The parsed manifest of a decision (cached per generation)."""
@@ -349,21 +357,24 @@ class Placement:
                 table[str(row["name"])] = (env.sender, dict(row), int(p["generation"]))
                 self._row_event(key, env.sender, row, before.get(str(row["name"])))
                 self._receipt(key, str(row["name"]), env.sender, str(row.get("state")))
-            self._signal()
+            self._signal(self._runs_here(self.catalog.entries.get(key)))
 
     def _receipt(self, key: Key, replica: str, peer: str, state: str) -> None:
-        """Trust evidence from a status row. A failure is the peer's fault only if the workload
-        runs elsewhere (otherwise the manifest is to blame, not the peer that tried)."""
-        excused = state == "failed" and not any(
-            row.get("state") in ("running", "ready") for who, row, _ in self.status.get(key, {}).values()
-            if who != peer)
-        owed = getattr(self.trust.promises.get((key, replica)), "peer", None) == peer
-        self.trust.reported(key, replica, peer, state, trio.current_time(), excused=excused)
+        """Trust evidence from a status row (judged in the heal loop, see core/trust.py)."""
+        self.trust.reported(key, replica, peer, state, trio.current_time())
         if state in ("running", "ready"):
             self._overdue.get(key, set()).discard((replica, peer))
-        elif state == "failed" and owed and not excused:  # it claimed it could: move it now
-            self._overdue.setdefault(key, set()).add((replica, peer))
-            self._heal_now.set()
+
+    def _runs_elsewhere(self, key: Key, peer: str) -> bool:
+        """Whether a peer other than `peer` reports this workload running (so a failure on
+        `peer` is that peer's, not the manifest's)."""
+        d = self.catalog.entries.get(key)
+        if d is None:
+            return False
+        rows = [(who, row) for who, row, _ in self.status.get(key, {}).values()]
+        rows += [(self.peer_id, row) for row in self._own_rows.get(key, ())]
+        return any(who != peer and row.get("state") in ("running", "ready") and d.peer_of(str(row.get("name"))) == who
+                   for who, row in rows)
 
     def _promises(self, before: Decision | None, d: Decision) -> None:
         """Keep the trust ledger's promises in step with the catalog."""
@@ -400,10 +411,11 @@ class Placement:
             if peer is not None and old.get(replica) != peer:
                 self.events.publish(make_event("ReplicaPlaced", namespace=ns, name=name, replica=replica, peer=peer,
                                                generation=d.generation, message=dict(d.rules).get(replica)))
-        self._signal()
+        self._signal(self._runs_here(before) or self._runs_here(d))
 
     async def publish_status(self, key: Key, generation: int, rows: list[dict]) -> None:
         self._seq = max(self._seq + 1, time.time_ns() // 1000)  # increasing across restarts too
+        self._own_rows[key] = rows
         for row in rows:  # our own promises settle too (we hear our gossip from no one)
             self._receipt(key, str(row["name"]), self.peer_id, str(row.get("state")))
         await self._announce({"type": "status", "key": list(key), "generation": generation,

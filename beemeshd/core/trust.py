@@ -1,20 +1,25 @@
 """Trust: what each peer has earned in this peer's eyes, from receipts it saw itself.
 
-Every peer sees every decision and every status report (both are gossiped), so every peer can
-keep the same ledger without asking anyone: when a decision assigns a replica to a peer, that
-peer owes a report of it running within `deliver_within` seconds.
+Every peer sees every decision and every status report (both are gossiped), so every peer keeps
+its own ledger without asking anyone. A decision that assigns a replica to a peer opens a
+*promise*: that peer owes a report of the replica running. The promise closes as:
+- delivered      +1   reported running/ready (before `deliver_within` seconds)
+- undelivered    −2   not running when `deliver_within` ran out
+- contradicted   −2   reported failed for `fail_grace` seconds on end — or failing when the
+                      replica was moved away — while the same workload ran on another peer: it
+                      claimed it could run it, and could not
+- (no blame)          moved away before it was due and not failing (its peer died or was
+                      distrusted), deleted, or failing where the workload fails everywhere (the
+                      manifest's fault, not the peer's)
+and, outside promises:
+- invalid        −0.5 a signed message from it that was stale, replayed or malformed
 
-Receipts (weights say how much one counts):
-- delivered      +1  the replica was reported running/ready in time
-- undelivered    −2  won a bid, never reported it running in time
-- contradicted   −2  won a bid, then reported the replica failed while it ran elsewhere (its
-                     claim to be able to run it did not hold)
-- invalid        −0.5 a signed message that was stale, replayed or malformed
-
-Score = (1 + good) / (2 + good + bad), a Beta-reputation mean: 0.5 with no evidence, and every
-count decays with half-life `half_life`, so a peer drifts back toward neutral once it behaves (or
-stops being seen). Peers below `threshold` get no work: their bids are declined by the asker.
-Pure: all times are arguments.
+A failure must last `fail_grace` seconds because a healthy peer reports "failed" for a moment
+while a pod starts. Score = (1 + good) / (2 + good + bad), a Beta-reputation mean: 0.5 with no
+evidence; every count decays with half-life `half_life`, so a peer drifts back toward neutral.
+Peers below `threshold` get no work: their bids are declined by the asker.
+Pure: times are arguments; `runs_elsewhere(key, peer)` (the shell's status table) says whether
+the workload runs on a peer other than `peer`.
 """
 
 from __future__ import annotations
@@ -43,14 +48,17 @@ class Promise:
     peer: str
     generation: int
     due: float
-    excused: bool = False  # its last report was a failure the workload has everywhere
+    failing_since: float | None = None  # first "failed" report with no running one since
 
 
 class TrustBook:
-    def __init__(self, *, half_life: float = 3600.0, threshold: float = 0.25, deliver_within: float = 60.0):
+    def __init__(self, *, half_life: float = 3600.0, threshold: float = 0.25, deliver_within: float = 60.0,
+                 fail_grace: float = 3.0, runs_elsewhere=lambda key, peer: True):
         self.half_life = half_life
         self.threshold = threshold
         self.deliver_within = deliver_within
+        self.fail_grace = fail_grace
+        self.runs_elsewhere = runs_elsewhere
         self.ledgers: dict[str, Ledger] = {}
         # (key, replica) -> the open promise; a newer assignment replaces it
         self.promises: dict[tuple, Promise] = {}
@@ -68,13 +76,14 @@ class TrustBook:
 
     def assigned(self, key: tuple, replica: str, peer: str, generation: int, now: float) -> None:
         """A decision placed `replica` on `peer`: it now owes a running report."""
-        old = self.promises.get((key, replica))
-        if (old is not None and old.peer == peer) or self.settled.get((key, replica)) == peer:
+        k = (key, replica)
+        old = self.promises.get(k)
+        if (old is not None and old.peer == peer) or self.settled.get(k) == peer:
             return  # same peer keeps it (a new generation of the same workload): nothing new owed
-        if old is not None and old.due <= now:  # moved by someone whose clock ran out first
-            self.record(old.peer, UNDELIVERED, now)
-        self.settled.pop((key, replica), None)
-        self.promises[(key, replica)] = Promise(key, replica, peer, generation, now + self.deliver_within)
+        if old is not None:  # moved away from a peer that had not delivered it
+            self._close_unmet(old, now, moved=True)
+        self.settled.pop(k, None)
+        self.promises[k] = Promise(key, replica, peer, generation, now + self.deliver_within)
 
     def released(self, key: tuple, replica: str | None = None) -> None:
         """The workload (or one replica) was deleted or scaled away: nothing owed any more."""
@@ -82,10 +91,9 @@ class TrustBook:
             for k in [k for k in table if k[0] == key and (replica is None or k[1] == replica)]:
                 del table[k]
 
-    def reported(self, key: tuple, replica: str, peer: str, state: str, now: float, *,
-                 excused: bool = False) -> None:
-        """A status row from `peer`: running/ready settles its promise well; failed settles it
-        badly unless `excused` (the workload fails everywhere: the manifest's fault, not the peer's)."""
+    def reported(self, key: tuple, replica: str, peer: str, state: str, now: float) -> None:
+        """A status row from `peer` about a replica it owes: running/ready settles it well;
+        failed starts (or continues) the failure clock."""
         p = self.promises.get((key, replica))
         if p is None or p.peer != peer:
             return
@@ -93,23 +101,33 @@ class TrustBook:
             del self.promises[(key, replica)]
             self.settled[(key, replica)] = peer
             self.record(peer, DELIVERED, now)
-        elif state == "failed" and excused:
-            # not its fault so far; stays owed (a later report, once others run it, may count)
-            self.promises[(key, replica)] = replace(p, excused=True)
-        elif state == "failed":
-            del self.promises[(key, replica)]
-            self.record(peer, CONTRADICTED, now)
+        elif state == "failed" and p.failing_since is None:
+            self.promises[(key, replica)] = replace(p, failing_since=now)
 
     def tick(self, now: float) -> list[Promise]:
-        """Promises that fell due unmet: recorded as undelivered, and returned (those whose last
-        word was an excused failure are dropped without blame: the workload fails everywhere)."""
-        due = [p for p in self.promises.values() if p.due <= now]
-        for p in due:
-            del self.promises[(p.key, p.replica)]
-            if not p.excused:
-                self.record(p.peer, UNDELIVERED, now)
-        return [p for p in due if not p.excused]
+        """Close the promises judged unmet now (due, or failing past the grace while the workload
+        runs elsewhere); returns those held against their peer: their replicas should move."""
+        out = []
+        for p in list(self.promises.values()):
+            failing = (p.failing_since is not None and now - p.failing_since >= self.fail_grace
+                       and self.runs_elsewhere(p.key, p.peer))
+            if p.due <= now or failing:
+                del self.promises[(p.key, p.replica)]
+                if self._close_unmet(p, now, moved=False):
+                    out.append(p)
+        return out
 
+    def _close_unmet(self, p: Promise, now: float, *, moved: bool) -> bool:
+        """Record what an unmet promise says of its peer; True when it was held against it."""
+        if p.failing_since is not None:
+            if not self.runs_elsewhere(p.key, p.peer):
+                return False  # fails everywhere: the manifest's fault
+            self.record(p.peer, CONTRADICTED, now)
+            return True
+        if p.due <= now:
+            self.record(p.peer, UNDELIVERED, now)
+            return True
+        return False  # moved early, not failing: its peer died or was distrusted
     # -- judgement -----------------------------------------------------------------------------
     def score(self, peer: str, now: float) -> float:
         led = self.ledgers.get(peer)

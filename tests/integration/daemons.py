@@ -156,12 +156,15 @@ class PodmanNode(Daemon):
     def podman(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.user.run(["podman", *self.podman_args(), *args], timeout=timeout)
 
-    def prepare(self) -> "PodmanNode":
-        """Create the store and import the local image into it."""
+    def prepare(self, image: bool = True) -> "PodmanNode":
+        """Create the store and import the local image into it (`image=False`: an empty store,
+        so workloads fail to pull — no registry is reachable)."""
         for sub in ("root", "run", "tmp"):
             (self.store / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(["chown", "-R", f"{self.user.uid}:{self.user.gid}", str(self.store)], check=True)
         self.extra_config.setdefault("podman_store", str(self.store))
+        if not image:
+            return self
         from tests.conftest import ROOT
 
         p = subprocess.run([str(ROOT / "scripts" / "build-image.sh"), *self.podman_args()],
