@@ -1,6 +1,7 @@
 # BeeMesh — run as root on Debian 12. See README.md.
 PYTHON_VENV ?= /var/lib/beemesh/venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup test unit demo bench rpm clean
 
@@ -16,8 +17,8 @@ unit: setup       ## unit tests only
 demo: setup       ## the main job
 	./scripts/demo.sh
 
-bench: setup      ## benchmarks; writes bench/RESULTS.md
-	./scripts/bench.sh
+bench: setup      ## benchmarks (≈ 8 min); writes bench/RESULTS.md. BENCH_ARGS="--skip activation" etc.
+	./scripts/bench.sh $(BENCH_ARGS)
 
 rpm:              ## the RPM from the working tree, into rpmbuild/ (git-ignored); then rpmlint
 	./scripts/rpm.sh

@@ -70,6 +70,17 @@ def describe_error(short: str, p: dict) -> str:
         return f"{p.get('operation', '')} did not finish in {p.get('seconds', 0):g} s{detail}"
     if short == "NotImplemented":
         return f"{p.get('method', '')}: {p.get('reason', '')}"
+    if short == "InvalidPolicy":
+        where = f":{p['line']}:{p.get('column', 1)}" if p.get("line") is not None else ""
+        return f"{p.get('name', '')}{where}: {p.get('message', '')}"
+    if short == "PolicyNotFound":
+        return f"no {p.get('scope', '')} policy {p.get('name', '')}"
+    if short == "MeshKeyRequired":
+        return f"{p.get('operation', '')}: {p.get('reason', '')}"
+    if short == "MeshExists":
+        return f"this peer already belongs to mesh {p.get('meshName', '')} ({p.get('meshId', '')})"
+    if short == "InvalidCredential":
+        return f"{p.get('reason', '')}: {p.get('detail', '')}"
     if len(p) == 1:  # InternalError(reason), InvalidParameter(parameter), MethodNotFound(method), ...
         return str(next(iter(p.values())))
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in p.items())

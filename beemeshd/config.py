@@ -52,10 +52,14 @@ class Config:
     backoff_cap_seconds: float = 60.0
     # The mesh (libp2p). Off: this daemon works alone (no libp2p import, ≈ 56 MB less RSS).
     mesh_enabled: bool = True
-    # Name of the mesh to join. Unnamed (""), the daemon listens for peers on 127.0.0.1 only and
-    # uses no mDNS, until mesh membership credentials exist (issue 10); named, it listens on every
-    # IPv4 address and finds peers of the same name by mDNS.
+    # A daemon belongs to the mesh its files say (beemeshctl mesh init / join). Without one it
+    # listens on 127.0.0.1 only and refuses every peer; with a credential it listens on every
+    # IPv4 address and finds members by mDNS. mesh_name: the default name for `mesh init`, and,
+    # with mesh_open only, the name of an open mesh (every IPv4 address, mDNS under that name).
     mesh_name: str = ""
+    # Accept peers without credentials (no membership checks at all). Off by default: another
+    # local user can reach 127.0.0.1 too. For test fixtures and single-user machines only.
+    mesh_open: bool = False
     # Multiaddrs to listen on ([] = as above, ports picked by the kernel), e.g. "/ip4/10.0.0.5/tcp/4001".
     mesh_listen: tuple = field(default_factory=tuple)
     # Multiaddrs, with /p2p/<peer id>, of peers to join through (GetInfo's meshAddresses of one).
@@ -76,6 +80,17 @@ class Config:
     bid_fanout: int = 16
     # Re-place stateless replicas as soon as their peer is suspect (not only once it is dead).
     heal_on_suspect: bool = True
+    # StatefulSets (issue 9): a lease lasts this long unless renewed (renewals every third of it);
+    # its holder begins stopping the pod this long before the lease could end (stop grace + kill).
+    lease_seconds: float = 15.0
+    lease_stop_margin_seconds: float = 5.0
+    # Members of a StatefulSet's consensus group: its replicas' peers, topped up to this many.
+    consensus_group_size: int = 3
+    # Raft: the driver's tick, the leader's heartbeat, the shortest election timeout (the longest
+    # is twice that). A leader's failure is noticed after about one election timeout.
+    raft_tick_seconds: float = 0.05
+    raft_heartbeat_seconds: float = 0.05
+    raft_election_seconds: float = 0.2
 
     @classmethod
     def default(cls) -> "Config":

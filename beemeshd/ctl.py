@@ -339,6 +339,86 @@ def cmd_explain(c: Client, args) -> int:
     return 0
 
 
+def cmd_policy(c: Client, args) -> int:
+    if args.action == "list":
+        policies = c.call("ListPolicies", {"scope": args.scope})["policies"]
+        if args.output in ("json", "yaml"):
+            dump(policies, args.output)
+        elif not policies:
+            print("No policies.", file=sys.stderr)
+        else:
+            print(fmt.policy_table(policies))
+        return 0
+    if args.action == "set":
+        text = read_text(args.filename)
+        try:
+            p = c.call("SetPolicy", {"name": args.name, "scope": args.scope, "text": text})["policy"]
+        except VarlinkCallError as exc:
+            if exc.short_name == "InvalidPolicy" and exc.parameters.get("line") is not None:
+                # compiler style, so editors can jump to it
+                where = f"{args.filename}:{exc.parameters['line']}:{exc.parameters.get('column', 1)}"
+                raise CtlError(f"{where}: {exc.parameters.get('message', '')}") from None
+            raise
+        version = f", version {p['version']}" if p["scope"] == "mesh" else ""
+        print(f"policy/{p['name']} set ({p['scope']}{version})")
+        return 0
+    p = c.call("RemovePolicy", {"name": args.name, "scope": args.scope})["policy"]
+    print(f"policy/{p['name']} removed ({p['scope']})")
+    return 0
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def duration(text: str) -> float:
+    """'90', '90s', '15m', '12h', '30d', '2w', '1y' → seconds (argparse type)."""
+    t = text.strip().lower()
+    unit = UNITS.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if unit else t) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 3600, 90m, 12h, 30d, 1y)") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return value
+
+
+def cmd_mesh(c: Client, args) -> int:
+    if args.action == "init":
+        m = c.call("CreateMesh", {"name": args.name})["membership"]
+        print(f"created mesh {m['meshName']} ({m['meshId']}); this peer holds its key")
+        return 0
+    if args.action == "invite":
+        r = c.call("Invite", {"peer": args.peer, "ttlSeconds": args.ttl, "tokenTtlSeconds": args.token_ttl})
+        print(r["invitation"])  # alone on stdout: TOKEN=$(beemeshctl mesh invite)
+        until = fmt.event_time_full(r["expiresUSec"])
+        if r["kind"] == "token":
+            print(f"one-time join token, redeemable until {until}: on the joining peer run "
+                  "`beemeshctl mesh join TOKEN` (keep it secret)", file=sys.stderr)
+        else:
+            print(f"credential {r['serial']} for {args.peer}, valid until {until}: on that peer run "
+                  "`beemeshctl mesh join CREDENTIAL`", file=sys.stderr)
+        return 0
+    if args.action == "join":
+        text = sys.stdin.read() if args.invitation == "-" else args.invitation
+        m = c.call("Join", {"invitation": text.strip()})["membership"]
+        print(f"joined mesh {m['meshName']} ({m['meshId']}); credential valid until "
+              f"{fmt.event_time_full(m['expiresUSec'])}")
+        return 0
+    if args.action == "revoke":
+        if bool(args.peer) == bool(args.serial):
+            raise UsageError("revoke needs PEER_ID or --serial S")
+        m = c.call("Revoke", {"peer": args.peer, "serial": args.serial})["membership"]
+        print(f"revoked {args.peer or 'credential ' + args.serial} (revocation list version {m['revocationVersion']})")
+        return 0
+    m = c.call("GetMembership", {})["membership"]
+    if args.output in ("json", "yaml"):
+        dump(m, args.output)
+    else:
+        print(fmt.membership_lines(m))
+    return 0
+
+
 # -- command line ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     def common(parser, default):
@@ -407,6 +487,45 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("explain", cmd_explain, "why a workload's replicas run where they do")
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+
+    sp = command("policy", cmd_policy, "list, set or remove Rego policies")
+    actions = sp.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name, help_text, **kw):
+        ap = actions.add_parser(name, help=help_text, description=help_text, **kw)
+        common(ap, argparse.SUPPRESS)
+        ap.set_defaults(parser=ap)
+        return ap
+
+    scopes = ["node", "mesh"]
+    ap = action("list", "the policies this peer knows (node-local and mesh-wide)")
+    ap.add_argument("--scope", choices=scopes, help="only this scope")
+    ap.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    ap = action("set", "create or replace a policy from a Rego file (compiled first: an error changes nothing)")
+    ap.add_argument("name", metavar="NAME")
+    ap.add_argument("filename", metavar="FILE", help="Rego file, - for stdin")
+    ap.add_argument("--scope", choices=scopes, default="node",
+                    help="node: this peer, before it bids; mesh: every peer, at admission (needs the mesh key)")
+    ap = action("rm", "remove a policy (a mesh policy everywhere)", aliases=["remove"])
+    ap.add_argument("name", metavar="NAME")
+    ap.add_argument("--scope", choices=scopes, default="node")
+
+    sp = command("mesh", cmd_mesh, "mesh membership: create a mesh, invite, join, revoke, status")
+    actions = sp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ap = action("init", "create a mesh (its key pair) with this peer as its first member")
+    ap.add_argument("--name", help="the mesh's name (a label; default: the setting mesh_name, else beemesh)")
+    ap = action("invite", "a one-time join token, or with --peer a credential for that peer (needs the mesh key)")
+    ap.add_argument("--peer", metavar="PEER_ID", help="the joining peer's id (its `beemeshctl info` Peer ID)")
+    ap.add_argument("--ttl", type=duration, metavar="DURATION", help="how long the credential lasts (default 1y)")
+    ap.add_argument("--token-ttl", type=duration, metavar="DURATION",
+                    help="how long the token can be redeemed (default 1d)")
+    ap = action("join", "join a mesh (or renew this peer's credential) with a token or credential")
+    ap.add_argument("invitation", metavar="TOKEN-or-CREDENTIAL", help="what `mesh invite` printed; - for stdin")
+    ap = action("revoke", "revoke a peer (or one credential) mesh-wide (needs the mesh key)")
+    ap.add_argument("peer", nargs="?", metavar="PEER_ID")
+    ap.add_argument("--serial", help="revoke only this credential (16 hex digits)")
+    ap = action("status", "this peer's mesh, credential and revocations")
+    ap.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     return p
 
 

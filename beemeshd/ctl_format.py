@@ -135,8 +135,11 @@ def info_lines(info: dict) -> str:
         ("Workloads", info["workloads"]),
         ("Local replicas", info["localReplicas"]),
         ("Dropped", f"{c['forgedMessages']} forged, {c['staleMessages']} stale, {c['replayedMessages']} replayed, "
-                    f"{c['malformedMessages']} malformed messages; {c['refusedPeers']} peers refused; "
-                    f"{c['badConnections']} bad connections"),
+                    f"{c['malformedMessages']} malformed, {c.get('nonMemberMessages', 0)} from non-members; "
+                    f"{c['refusedPeers']} peers refused; "
+                    f"{c['badConnections']} bad connections; "
+                    f"{c.get('forgedPolicies', 0)} forged, {c.get('stalePolicies', 0)} stale policy documents; "
+                    f"{c.get('consensusRejected', 0)} consensus messages"),
     ]
     width = max(len(k) for k, _ in pairs) + 2
     return "\n".join(f"{k + ':':<{width}}{v}" for k, v in pairs)
@@ -168,3 +171,46 @@ def progress_line(ev: dict) -> str | None:
     if ev.get("peer"):
         line += f" on {short_peer(ev['peer'])}"
     return line + (f" ({ev['message']})" if ev.get("message") else "")
+
+
+# -- policies ---------------------------------------------------------------------------------
+def policy_table(policies: list[dict]) -> str:
+    rows = []
+    for p in policies:
+        state = "yes" if p["inForce"] else "no"
+        if p.get("error"):
+            state += " (error: " + " ".join(p["error"].split())[:60] + ")"
+        version = str(p["version"]) if p["scope"] == "mesh" else "-"
+        age_ = age_since(p["setUSec"]) if p.get("setUSec") else NONE
+        rows.append([p["name"], p["scope"], version, short_peer(p.get("setBy")) if p.get("setBy") else "-", age_,
+                     state])
+    return table(["NAME", "SCOPE", "VERSION", "SET-BY", "AGE", "IN-FORCE"], rows)
+
+
+# -- mesh membership -----------------------------------------------------------------------------
+def event_time_full(usec: int | None) -> str:
+    return datetime.fromtimestamp(usec / 1e6).strftime("%Y-%m-%d %H:%M:%S") if usec else NONE
+
+
+def membership_lines(m: dict) -> str:
+    if m["meshId"] is None:
+        mesh = "none (beemeshctl mesh init creates one; mesh join joins one)"
+    else:
+        mesh = f"{m['meshName']} ({m['meshId']})" + (", this peer holds its key" if m["holdsMeshKey"] else "")
+    cred = m["credential"]
+    if m.get("serial"):
+        cred += f", serial {m['serial']}, issued {event_time_full(m['issuedUSec'])}, " \
+                f"expires {event_time_full(m['expiresUSec'])}"
+    revoked = ", ".join([short_peer(p) for p in m["revokedPeers"]] + m["revokedSerials"]) or NONE
+    pairs = [
+        ("Mesh", mesh),
+        ("Credential", cred),
+        ("Open", "yes: peers are accepted without credentials (mesh_open)" if m["open"] else "no"),
+        ("Verified peers", m["verifiedPeers"]),
+        ("Revocations", f"version {m['revocationVersion']}: {revoked}"),
+        ("Pending tokens", m["pendingTokens"]),
+        ("Key directory", m["keyDirectory"]),
+        ("State directory", m["stateDirectory"]),
+    ]
+    width = max(len(k) for k, _ in pairs) + 2
+    return "\n".join(f"{k + ':':<{width}}{v}" for k, v in pairs)

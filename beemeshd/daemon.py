@@ -38,7 +38,11 @@ class Counters:
     replayedMessages: int = 0
     malformedMessages: int = 0
     refusedPeers: int = 0
+    nonMemberMessages: int = 0
     badConnections: int = 0
+    forgedPolicies: int = 0
+    stalePolicies: int = 0
+    consensusRejected: int = 0
 
 
 @dataclass
@@ -56,7 +60,10 @@ class Node:
     workloads: Workloads | None = None
     runtime_status: RuntimeStatus | None = None
     mesh: object | None = None  # beemeshd.mesh.Mesh when the mesh is enabled
+    membership: object | None = None  # beemeshd.mesh_membership.MeshMembership
     trust: object | None = None  # beemeshd.core.trust.TrustBook, placement's ledger
+    policies: object | None = None  # beemeshd.policy_store.PolicyStore
+    stateful: object | None = None  # beemeshd.stateful.Stateful (with the mesh)
 
     async def refresh_runtime(self) -> RuntimeStatus:
         self.runtime_status = await self.runtime.status()
@@ -88,6 +95,14 @@ class Node:
             "podsFree": self.config.max_pods,
         }
 
+    def policy_peer(self) -> dict:
+        """This peer as policies see it (input.peer): its id and its mesh record."""
+        return {"id": self.identity.peer_id, **self.mesh_record()}
+
+    def admit(self, manifests: list[dict], user: str | None, operation: str) -> None:
+        """Mesh-wide policies at Deploy and Scale (PolicyDenied)."""
+        self.policies.admit(manifests, user=user, peer=self.policy_peer(), operation=operation)
+
     def mesh_record(self) -> dict:
         """What this peer offers, for its signed mesh record. Free memory is rounded down to 64 MiB
         so that the record (republished on change) does not change with every page cache wobble."""
@@ -112,6 +127,10 @@ class Node:
         counts = self._mesh_counts()
         counters = vars(self.counters).copy()
         for name, value in (self.mesh.counters.items() if self.mesh is not None else ()):
+            counters[name] += value
+        for name, value in (self.policies.counters.items() if self.policies is not None else ()):
+            counters[name] += value
+        for name, value in (self.stateful.counters().items() if self.stateful is not None else ()):
             counters[name] += value
         return {
             "version": __version__,
@@ -197,7 +216,8 @@ def make_placement(config: Config, node: Node, agent: Agent):
 
     placement = Placement(node.mesh, catalog, node.events, self_state=self_state, window=config.bid_window_seconds,
                           on_change=agent.poke, persist=stored.save, fanout=config.bid_fanout,
-                          heal_on_suspect=config.heal_on_suspect)
+                          heal_on_suspect=config.heal_on_suspect,
+                          bid_gate=node.policies.bid_gate(node.policy_peer) if node.policies is not None else None)
     agent.wanted = placement.wanted
     agent.remote_ready = placement.remote_ready
     publish = node.mesh.on_peer_event
@@ -214,25 +234,94 @@ def make_placement(config: Config, node: Node, agent: Agent):
     return placement
 
 
+def make_policies(config: Config, node: Node):
+    """Node-local and mesh-wide policies, loaded (regopy is imported here, when a daemon starts)."""
+    from beemeshd.policy_store import PolicyStore
+
+    store = PolicyStore(config.config_dir, config.state_dir, node.identity.peer_id)
+    store.load()
+    return store
+
+
+def make_policy_sync(node: Node):
+    """Mesh-wide policy documents over the mesh; peers that join are asked what they hold."""
+    from beemeshd.policy_sync import PolicySync
+
+    sync = PolicySync(node.mesh, node.policies)
+    publish = node.mesh.on_peer_event
+
+    def on_peer_event(kind: str, peer: str) -> None:
+        publish(kind, peer)
+        sync.peer_event(kind, peer)
+
+    node.mesh.on_peer_event = on_peer_event
+    return sync
+
+
+def make_membership(config: Config, node: Node):
+    """This peer's mesh key, credential and revocations (beemeshd.mesh_membership)."""
+    from beemeshd.credential_store import StoreError
+    from beemeshd.mesh_keys import MeshKeyError
+    from beemeshd.mesh_membership import MeshMembership
+
+    try:
+        return MeshMembership(config, node.identity.peer_id)
+    except (MeshKeyError, StoreError) as exc:
+        raise SystemExit(f"beemeshd: mesh membership files: {exc}") from None
+
+
 def make_node_mesh(config: Config, node: Node):
     """The libp2p mesh (imported only now: it costs ≈ 56 MB of RSS), wired to the node."""
     from beemeshd.mesh import make_mesh
 
     try:
-        mesh = make_mesh(config, node.identity.seed)
+        # mesh_open: no admission, every peer accepted (test fixtures); else credentials are checked
+        mesh = make_mesh(config, node.identity.seed, None if config.mesh_open else node.membership.admission)
     except ValueError as exc:
         raise SystemExit(f"beemeshd: mesh settings: {exc}") from None
     mesh.on_peer_event = lambda kind, peer: node.events.publish(make_event(kind, peer=peer))
     return mesh
 
 
+def make_stateful(config: Config, node: Node, placement, agent: Agent):
+    """StatefulSets: a consensus group each, leases gating the agent (beemeshd/stateful.py)."""
+    from beemeshd.consensus import RaftTiming
+    from beemeshd.core.lease import Timing
+    from beemeshd.stateful import Settings, Stateful, watchdog_argv
+    from beemeshd.stateful_files import StatefulFiles
+
+    e = config.raft_election_seconds
+    try:
+        lease = Timing(lease=config.lease_seconds, renew_every=config.lease_seconds / 3,
+                       stop_margin=config.lease_stop_margin_seconds)
+        raft = RaftTiming(tick=config.raft_tick_seconds, heartbeat=config.raft_heartbeat_seconds, election_min=e,
+                          election_max=2 * e, leader_fallback=2 * e)
+        raft.conf(None).validate()
+    except (ValueError, AssertionError) as exc:
+        raise SystemExit(f"beemeshd: lease or raft settings: {exc or 'election must exceed 3 heartbeats'}") from None
+    endpoint = getattr(node.runtime, "endpoint", "")
+    st = Stateful(node.mesh, placement, agent, node.runtime, node.events, StatefulFiles(config.state_dir),
+                  settings=Settings(lease, raft, config.consensus_group_size),
+                  watchdog=watchdog_argv(config.state_dir, endpoint, podman_store_args(config)))
+    inner = agent.wanted
+    agent.wanted = lambda: st.wanted(inner)
+    agent.before_create = st.before_create
+    node.workloads.stateful = st
+    node.stateful = st
+    return st
+
+
+def podman_store_args(config: Config) -> list[str]:
+    if not config.podman_store:
+        return []
+    d = config.podman_store
+    return ["--root", f"{d}/root", "--runroot", f"{d}/run", "--tmpdir", f"{d}/tmp"]
+
+
 def make_runtime(config: Config) -> Runtime:
     from beemeshd.runtime.podman import PodmanRuntime  # podman-py only where Podman is used
 
-    args: list[str] = []
-    if config.podman_store:
-        d = config.podman_store
-        args = ["--root", f"{d}/root", "--runroot", f"{d}/run", "--tmpdir", f"{d}/tmp"]
+    args = podman_store_args(config)
     endpoint = config.podman_endpoint or None
     if config.podman_store and not endpoint:
         endpoint = f"unix://{config.podman_store}/podman.sock"
@@ -311,17 +400,23 @@ class Daemon:
         agent = Agent(node.runtime, None, node.events, host_ip=config.publish_host_ip,
                       backoff=Backoff(config.backoff_base_seconds, config.backoff_cap_seconds),
                       interval=config.reconcile_interval_seconds, peer_id=node.identity.peer_id)
-        placement = None
+        node.policies = make_policies(config, node)
+        node.membership = make_membership(config, node)
+        placement = policy_sync = stateful = None
         if config.mesh_enabled:
             node.mesh = make_node_mesh(config, node)
+            node.membership.attach(node.mesh)
             node.mesh.set_record(node.mesh_record())
             placement = make_placement(config, node, agent)
+            stateful = make_stateful(config, node, placement, agent)
+            policy_sync = make_policy_sync(node)
         else:  # alone: desired state is this peer's own store, every replica runs here
             store = Store(config.state_dir)
             store.load()
             agent.store = store
             node.workloads = Workloads(store, agent, node.runtime, node.events, node.identity.peer_id,
                                        runtime_status=node.refresh_runtime)
+        node.workloads.admit = node.admit
         server = VarlinkServer(
             Interface.load(),
             MeshHandlers(node),
@@ -335,6 +430,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._stop_on_signal, signals, server)
                 nursery.start_soon(self._connect_runtime, node)
+                nursery.start_soon(node.membership.run)
                 if node.mesh is not None:
                     try:
                         await nursery.start(node.mesh.run)
@@ -346,6 +442,8 @@ class Daemon:
                                          "or set mesh_enabled = false to run alone)") from None
                     nursery.start_soon(self._refresh_mesh_record, node)
                     await nursery.start(placement.run)
+                    await nursery.start(stateful.run)
+                    await nursery.start(policy_sync.run)
                     nursery.start_soon(node.workloads.status_loop)
                 await nursery.start(agent.run)
                 # Ready once every part runs; the socket is already bound (or systemd's), so
@@ -354,6 +452,8 @@ class Daemon:
                 await nursery.start(server.run, sock)
                 log.info("beemeshd %s serving %s as peer %s", __version__, node.address, node.identity.peer_id)
                 await self._wait_for(server)
+                if stateful is not None:  # stop stateful pods, release their leases: they move at once
+                    await stateful.shutdown()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):

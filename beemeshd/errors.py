@@ -73,6 +73,81 @@ class PolicyDenied(BeeMeshError):
         return {"policy": self.policy, "messages": self.messages}
 
 
+class InvalidPolicy(BeeMeshError):
+    """Policy text that does not compile or breaks the convention; the previous version stays."""
+
+    name = "InvalidPolicy"
+
+    def __init__(self, policy: str, line: int | None, column: int | None, message: str):
+        self.policy = policy
+        self.line = line
+        self.column = column
+        self.message = message
+        where = f":{line}:{column}" if line is not None else ""
+        super().__init__(f"policy {policy}{where}: {message}")
+
+    def parameters(self) -> dict:
+        p = {"name": self.policy, "message": self.message}
+        if self.line is not None:
+            p["line"] = self.line
+            p["column"] = self.column if self.column is not None else 1
+        return p
+
+
+class PolicyNotFound(BeeMeshError):
+    name = "PolicyNotFound"
+
+    def __init__(self, policy: str, scope: str):
+        self.policy = policy
+        self.scope = scope
+        super().__init__(f"no {scope} policy named {policy}")
+
+    def parameters(self) -> dict:
+        return {"name": self.policy, "scope": self.scope}
+
+
+class MeshKeyRequired(BeeMeshError):
+    """The operation needs the mesh's private key, which this peer does not hold."""
+
+    name = "MeshKeyRequired"
+
+    def __init__(self, operation: str, reason: str):
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"{operation} needs the mesh key: {reason}")
+
+    def parameters(self) -> dict:
+        return {"operation": self.operation, "reason": self.reason}
+
+
+class MeshExists(BeeMeshError):
+    """This peer already belongs to a mesh (CreateMesh), or to another one than the invitation's (Join)."""
+
+    name = "MeshExists"
+
+    def __init__(self, mesh_name: str, mesh_id: str):
+        self.mesh_name = mesh_name
+        self.mesh_id = mesh_id
+        super().__init__(f"this peer already belongs to mesh {mesh_name} ({mesh_id})")
+
+    def parameters(self) -> dict:
+        return {"meshName": self.mesh_name, "meshId": self.mesh_id}
+
+
+class InvalidCredential(BeeMeshError):
+    """A credential or join token that does not admit this peer (see beemeshd.core.credentials)."""
+
+    name = "InvalidCredential"
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+    def parameters(self) -> dict:
+        return {"reason": self.reason, "detail": self.detail}
+
+
 class RuntimeUnavailable(BeeMeshError):
     name = "RuntimeUnavailable"
 

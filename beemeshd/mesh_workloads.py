@@ -22,7 +22,7 @@ from beemeshd.core.catalog import Decision
 from beemeshd.events import EventBus
 from beemeshd.placement import Placement, STATUS_REFRESH
 from beemeshd.runtime.base import Runtime
-from beemeshd.workloads import parse_request, wait_until
+from beemeshd.workloads import parse_request, scaled, wait_until
 
 log = logging.getLogger("beemeshd.workloads")
 
@@ -41,6 +41,10 @@ class Workloads:
         self.runtime = runtime
         self.events = events
         self.peer_id = peer_id
+        # Admission by mesh-wide policies: (manifests, user, operation) -> None or PolicyDenied.
+        self.admit = None
+        # StatefulSet leases and groups (beemeshd/stateful.py): Replica.lease, Explain's group.
+        self.stateful = None
         placement.mesh.handle(PROTO_LOGS, self._handle_logs)
 
     def count(self) -> int:
@@ -64,8 +68,9 @@ class Workloads:
                 if peer is None:
                     message = "no peer can run it: " + "; ".join(f"{p[-8:]}: {r}" for p, r in d.declined)[:400]
                 elif peer not in alive and w.is_stateful:
-                    message = (f"its peer {peer} is dead; StatefulSet replicas are not moved before "
-                               "leases exist (issue 9)")
+                    message = f"its peer {peer} is dead; the ordinal moves once its lease has run out"
+                elif peer == self.peer_id and w.is_stateful and self.stateful is not None:
+                    message = self.stateful.pending_message(d.key, ordinal)
                 elif peer not in alive:
                     message = f"its peer {peer} is dead; being placed again"
                 else:
@@ -74,7 +79,17 @@ class Workloads:
                        "restarts": 0, "podId": None, "generation": d.generation, "message": message,
                        "containers": [], "lease": None}
             rows.append(row)
-        return rows
+        return self._with_leases(d.key, rows)
+
+    def _with_leases(self, key, rows: list[dict]) -> list[dict]:
+        """Fill Replica.lease from this peer's view of the group, when it is a member."""
+        if key[1] != "StatefulSet" or self.stateful is None:
+            return rows
+        out = []
+        for row in rows:
+            lease = self.stateful.lease_of(key, int(row["ordinal"]))
+            out.append({**row, "lease": lease} if lease is not None else row)
+        return out
 
     def view(self, d: Decision) -> dict:
         w = self.placement.workload(d)
@@ -106,12 +121,17 @@ class Workloads:
     def explain(self, name: str, namespace: str | None) -> dict:
         d = self.placement.find(name, namespace or "default")
         history = [x for x in self.placement.catalog.history.get(d.key, []) if x is not d]
-        return {"workload": self.view(d), "decisions": _decisions(d),
-                "history": [p for x in history if not x.deleted for p in _decisions(x)]}
+        out = {"workload": self.view(d), "decisions": _decisions(d),
+               "history": [p for x in history if not x.deleted for p in _decisions(x)]}
+        if d.key[1] == "StatefulSet" and self.stateful is not None:
+            out["group"] = self.stateful.group_of(d.key)
+        return out
 
     # -- changes -----------------------------------------------------------------------------------
-    async def deploy(self, *, manifest, yaml, namespace, wait, timeout, dry_run) -> list[dict]:
+    async def deploy(self, *, manifest, yaml, namespace, wait, timeout, dry_run, user=None) -> list[dict]:
         workloads = parse_request(manifest, yaml, namespace)
+        if self.admit is not None:
+            self.admit([w.manifest for w in workloads], user, "Deploy")
         if dry_run:
             return [self.view(Decision(w.key, 0, w.manifest, tuple((r, None) for r in w.replica_names()),
                                        origin=self.peer_id)) for w in workloads]
@@ -153,7 +173,7 @@ class Workloads:
                                      "pod(s) left")
         return view
 
-    async def scale(self, name, namespace, replicas, wait, timeout) -> dict:
+    async def scale(self, name, namespace, replicas, wait, timeout, user=None) -> dict:
         if not 0 <= replicas <= 1000:
             raise errors.InvalidParameter("replicas", "must be 0 … 1000")
         d = self.placement.find(name, namespace or "default")
@@ -161,7 +181,9 @@ class Workloads:
         if w.kind not in ("Deployment", "StatefulSet"):
             raise errors.InvalidParameter("name", f"{w.kind} cannot be scaled")
         if w.replicas != replicas:
-            manifest = {**w.manifest, "spec": {**w.manifest.get("spec", {}), "replicas": replicas}}
+            manifest = scaled(w.manifest, replicas)
+            if self.admit is not None:
+                self.admit([manifest], user, "Scale")
             await self.runtime_status()
             d = await self._apply(replace(w, replicas=replicas, manifest=manifest), "scale")
         if wait:
@@ -194,8 +216,7 @@ class Workloads:
         await self._wait(done, timeout, operation, detail)
 
     async def _wait(self, done, timeout, operation, detail) -> None:
-        # Placement changes (decisions, remote status) poke the agent, so its passes see them all.
-        await wait_until(self.agent, done, timeout, operation, detail)
+        await wait_until(_Changes(self.agent, self.placement), done, timeout, operation, detail)
 
     # -- status reports (runner side) --------------------------------------------------------------
     async def status_loop(self) -> None:
@@ -235,7 +256,7 @@ class Workloads:
             if dp.workload.key == key and dp.pod in self.agent.observed:
                 ports[dp.replica] = [_port(dp.replica, p.host_ip, p.host_port, p.container_port, p.protocol)
                                      for p in dp.spec.ports]
-        return [{**r, "ports": ports.get(r["name"], [])} for r in rows]
+        return self._with_leases(key, [{**r, "ports": ports.get(r["name"], [])} for r in rows])
 
     # -- logs --------------------------------------------------------------------------------------
     def log_sources(self, name, namespace, replica, container) -> list[tuple[str, str, str]]:
@@ -337,6 +358,24 @@ class Workloads:
 
 def _log_line(line: dict) -> dict:
     return {k: line[k] for k in ("replica", "container", "stream", "timestampUSec", "line")}
+
+
+class _Changes:
+    """What a wait re-checks after: an agent pass (replicas here) or a placement change
+    (decisions, remote status — those poke the agent only when they concern this peer)."""
+
+    def __init__(self, agent: Agent, placement: Placement):
+        self.agent, self.placement = agent, placement
+
+    async def changed(self) -> None:
+        placed = self.placement.changed()
+        async with trio.open_nursery() as nursery:
+            async def first(wait) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, self.agent.changed)
+            nursery.start_soon(first, placed.wait)
 
 
 def _port(replica, host_ip, host_port, container_port, protocol) -> dict:

@@ -45,6 +45,7 @@ PROTO_BID = "/beemesh/bid/1"
 PROTO_PUSH = "/beemesh/event/1"
 SYNC_INTERVAL = 3.0
 HEAL_INTERVAL = 1.0
+HEAL_SWEEP = 5.0  # without news, a full healing pass this often (it costs O(peers + workloads))
 STATUS_REFRESH = 10.0
 
 
@@ -89,6 +90,7 @@ class Placement:
         self._heal_tried: dict[Key, tuple] = {}
         self._status_seq: dict[tuple, int] = {}
         self._heal_now = trio.Event()
+        self._stuck = False  # the last healing pass left replicas nobody could take
         self._seq = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -387,9 +389,14 @@ class Placement:
         for r in (dict(before.assignments) if before is not None else {}):
             if r not in now_assigned:
                 self.trust.released(d.key, r)
+        reported = self.status.get(d.key, {})
         for r, peer in d.assignments:
             if peer is not None:
                 self.trust.assigned(d.key, r, peer, d.generation, now)
+                seen = reported.get(r)
+                if seen is not None and seen[0] == peer and seen[2] == d.generation:
+                    # its report overtook the decision (gossip keeps no order): settle it now
+                    self.trust.reported(d.key, r, peer, str(seen[1].get("state")), now)
 
     def _merge(self, d: Decision) -> None:
         before = self.catalog.entries.get(d.key)
@@ -412,6 +419,9 @@ class Placement:
                 self.events.publish(make_event("ReplicaPlaced", namespace=ns, name=name, replica=replica, peer=peer,
                                                generation=d.generation, message=dict(d.rules).get(replica)))
         self._signal(self._runs_here(before) or self._runs_here(d))
+        if not d.deleted and any(p is None or self.mesh.peer_state(p) not in ("self", "alive", "suspect")
+                                 for _, p in d.assignments):
+            self._heal_now.set()  # decided with an older view, or a replica nobody could take
 
     async def publish_status(self, key: Key, generation: int, rows: list[dict]) -> None:
         self._seq = max(self._seq + 1, time.time_ns() // 1000)  # increasing across restarts too
@@ -431,18 +441,31 @@ class Placement:
 
     # -- healing and anti-entropy ------------------------------------------------------------------
     def peer_event(self, kind: str, peer: str) -> None:
-        """The failure detector's news: heal at once instead of at the next tick."""
-        if kind in ("PeerLeft", "PeerJoined") or (kind == "PeerSuspect" and self.heal_on_suspect):
+        """The failure detector's news: heal at once instead of at the next tick (a join only
+        matters if replicas wait for a peer: every peer checking on every join costs O(n²))."""
+        if (kind == "PeerLeft" or (kind == "PeerSuspect" and self.heal_on_suspect)
+                or (kind == "PeerJoined" and self._stuck)):
             self._heal_now.set()
 
     async def _heal_loop(self) -> None:
+        """Heal at once on news that may orphan a replica (a peer event, a decision naming a
+        peer that is not healthy, a promise that fell due); without news only every HEAL_SWEEP
+        seconds: a pass costs O(peers + workloads), which every peer of a large mesh paying
+        every second made the mesh's idle cost O(n²)."""
+        swept = trio.current_time()
         while True:
             with trio.move_on_after(HEAL_INTERVAL):
                 await self._heal_now.wait()
+            news = self._heal_now.is_set()
             self._heal_now = trio.Event()
-            for p in self.trust.tick(trio.current_time()):
+            now = trio.current_time()
+            for p in self.trust.tick(now):
                 log.warning("%s did not deliver %s of %s in time", p.peer, p.replica, key_str(p.key))
                 self._overdue.setdefault(p.key, set()).add((p.replica, p.peer))
+                news = True
+            if not news and now - swept < HEAL_SWEEP:
+                continue
+            swept = now
             try:
                 await self.heal_once()
             except (errors.BeeMeshError, trio.BrokenResourceError) as exc:
@@ -453,6 +476,7 @@ class Placement:
         healthy = self.healthy()
         alive = [p for p in healthy if self.trust.trusted(p, now)]
         orphans = self.catalog.orphaned(set(alive))
+        self._stuck = False
         for key, late in list(self._overdue.items()):  # promised, never delivered: move them too
             d = self.catalog.entries.get(key)
             if d is None or d.deleted:
@@ -470,6 +494,7 @@ class Placement:
                 continue
             attempt = (d.order(), tuple(alive))
             if self._heal_tried.get(key) == attempt:
+                self._stuck = True
                 continue  # nothing changed since the last try (e.g. still no capacity)
             self._heal_tried[key] = attempt
             w = self.workload(d)
@@ -479,6 +504,8 @@ class Placement:
                     held[p] = held.get(p, 0) + 1
             failed_here = frozenset(p for r, p in self._overdue.get(key, ()) if r in lost)
             placed, rules, bids, declined = await self._auction(w, lost, held, avoid=failed_here)
+            if not all(placed.get(r) for r in lost):
+                self._stuck = True
             if not any(placed.values()):
                 continue
             old = dict(d.assignments)

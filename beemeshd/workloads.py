@@ -35,6 +35,11 @@ def parse_request(manifest, yaml, namespace) -> list:
     return workloads
 
 
+def scaled(manifest: dict, replicas: int) -> dict:
+    """The manifest as Scale would leave it (what admission policies see)."""
+    return {**manifest, "spec": {**manifest.get("spec", {}), "replicas": replicas}}
+
+
 async def wait_until(agent: Agent, done, timeout, operation: str, detail) -> None:
     """Re-check `done()` after every agent pass (every change pokes the agent) until it holds;
     Timeout with `detail()` after `timeout` seconds (default DEFAULT_TIMEOUT)."""
@@ -56,6 +61,8 @@ class Workloads:
         self.runtime = runtime
         self.events = events
         self.peer_id = peer_id
+        # Admission by mesh-wide policies: (manifests, user, operation) -> None or PolicyDenied.
+        self.admit = None
 
     def count(self) -> int:
         return len(self.store.records)
@@ -85,9 +92,11 @@ class Workloads:
         return [self.view(r) for r in self.store.list(namespace, kind)]
 
     # -- changes -----------------------------------------------------------------------------------
-    async def deploy(self, *, manifest, yaml, namespace, wait, timeout, dry_run) -> list[dict]:
+    async def deploy(self, *, manifest, yaml, namespace, wait, timeout, dry_run, user=None) -> list[dict]:
         workloads = parse_request(manifest, yaml, namespace)
         self.store.check_apply(workloads)
+        if self.admit is not None:
+            self.admit([w.manifest for w in workloads], user, "Deploy")
         if dry_run:
             return [self.view(Record(w, 0, 0, 0, self.peer_id)) for w in workloads]
         await self._require_runtime()
@@ -119,10 +128,13 @@ class Workloads:
                              lambda: f"{len(self.agent.pods_of(rec.key))} pod(s) left")
         return view
 
-    async def scale(self, name, namespace, replicas, wait, timeout) -> dict:
+    async def scale(self, name, namespace, replicas, wait, timeout, user=None) -> dict:
         if not 0 <= replicas <= 1000:
             raise errors.InvalidParameter("replicas", "must be 0 … 1000")
         await self._require_runtime()
+        cur = self.store.find(name, namespace or "default").workload
+        if self.admit is not None and cur.replicas != replicas and cur.kind in ("Deployment", "StatefulSet"):
+            self.admit([scaled(cur.manifest, replicas)], user, "Scale")
         rec = self.store.scale(name, namespace or "default", replicas, now_usec())
         self.store.save()
         self.events.publish(make_event("Updated", namespace=rec.workload.namespace, name=name,

@@ -36,3 +36,14 @@ def machine() -> str:
         pass
     ncpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     return f"{platform.node()}: {ncpu} × {cpu}, Python {platform.python_version()}, {platform.platform()}"
+
+
+def open_mesh() -> dict:
+    """Daemon settings for benchmark peers that join each other without credentials: an open mesh
+    where this beemeshd has one (since issue 10 a daemon refuses uncredentialed peers by default),
+    nothing otherwise. Membership checks are not part of these numbers."""
+    import dataclasses
+
+    from beemeshd.config import Config
+
+    return {"mesh_open": True} if "mesh_open" in {f.name for f in dataclasses.fields(Config)} else {}

@@ -1,8 +1,10 @@
-"""Deploy(wait) -> first HTTP 200, side by side with `podman kube play` of the same manifest.
+"""Deploy(wait) -> first HTTP 200, side by side with `podman kube play` of the same manifest and
+with a raw `podman run -d -p` of the same container (no pod, no infra container: the floor).
 
 Run as root (make bench). One beemeshd (as the test user) with its own Podman store; kube play
-uses that same store, so both pay the same costs. Runs alternate (BeeMesh, kube play, ...) so
-drift in the machine's load hits both equally. Prints p50/p99 and the sample count of each.
+and podman run use that same store, so all pay the same costs. Runs alternate (BeeMesh, kube play,
+podman run, ...) so drift in the machine's load hits all equally. Prints p50/p99 and the sample
+count of each.
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def main(n: int = 30) -> dict:
     home = Path(tempfile.mkdtemp(prefix="beemesh-bench-"))
     os.chown(home, user.uid, user.gid)
     node = PodmanNode(user, home, {"log_level": "warning"}).prepare()
-    node.start()
-    beemesh, kube = [], []
+    beemesh, kube, run = [], [], []
     try:
+        node.start(timeout=60)
         while not node.call("GetInfo").json["info"]["runtime"]["available"]:
             time.sleep(0.1)
         v = Varlink(node.socket_path)
@@ -94,9 +96,19 @@ def main(n: int = 30) -> dict:
             t_kp = time.perf_counter() - t0
             node.podman("pod", "kill", "kp-pod-0")
             node.podman("pod", "rm", "-f", "kp-pod-0")
+
+            port = free_port()
+            t0 = time.perf_counter()
+            p = node.podman("run", "-d", "--name", "pr", "-p", f"127.0.0.1:{port}:8080", IMAGE,
+                            "httpd", "-f", "-p", "8080", "-h", "/var/www")
+            assert p.returncode == 0, p.stderr
+            first_200(port, t0 + 60)
+            t_run = time.perf_counter() - t0
+            node.podman("rm", "-f", "-t", "0", "pr")
             if i >= 2:
                 beemesh.append(t_bm)
                 kube.append(t_kp)
+                run.append(t_run)
         time.sleep(2)
         with open(f"/proc/{node.proc.pid}/status") as f:
             rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -104,12 +116,14 @@ def main(n: int = 30) -> dict:
         node.stop()
         node.cleanup()
         shutil.rmtree(home, ignore_errors=True)
-    b, k = summary(beemesh), summary(kube)
+    b, k, r = summary(beemesh), summary(kube), summary(run)
     print(f"Deploy(wait) -> first HTTP 200: p50 {b['p50']:.3f} s, p99 {b['p99']:.3f} s (n={b['n']})")
     print(f"podman kube play -> first HTTP 200: p50 {k['p50']:.3f} s, p99 {k['p99']:.3f} s (n={k['n']})")
-    print(f"ratio p50 {b['p50'] / k['p50']:.2f}, p99 {b['p99'] / k['p99']:.2f}")
+    print(f"podman run -d -p -> first HTTP 200: p50 {r['p50']:.3f} s, p99 {r['p99']:.3f} s (n={r['n']})")
+    print(f"ratio to kube play p50 {b['p50'] / k['p50']:.2f}, p99 {b['p99'] / k['p99']:.2f}; "
+          f"to podman run p50 {b['p50'] / r['p50']:.2f}, p99 {b['p99'] / r['p99']:.2f}")
     print(f"beemeshd RSS after the runs (podman-py loaded, pods idle): {rss:.1f} MB")
-    return {"beemesh": b, "kube": k, "rss_after_mb": rss}
+    return {"beemesh": b, "kube": k, "run": r, "rss_after_mb": rss}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary  # noqa: E402
+from bench.common import open_mesh, summary  # noqa: E402
 from tests.conftest import TEST_USER, User  # noqa: E402
 from tests.integration.daemons import PodmanNode, free_port, wait_for  # noqa: E402
 from tests.integration.test_runtime_daemon import web  # noqa: E402
@@ -26,12 +26,12 @@ def main(runs: int = 5) -> dict:
     samples = []
     try:
         for i in range(3):
-            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False, "log_level": "warning"}
+            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False, "log_level": "warning", **open_mesh()}
             if nodes:
                 cfg["mesh_bootstrap"] = nodes[0].call("GetInfo").json["info"]["meshAddresses"]
             n = PodmanNode(user, user.tempdir(), cfg).prepare()
-            n.start()
-            nodes.append(n)
+            nodes.append(n)  # first: a node that fails to start is still stopped and cleaned up
+            n.start(timeout=60)
         ids = [n.call("GetInfo").json["info"]["peerId"] for n in nodes]
         for n in nodes:
             wait_for(lambda n=n: n.call("GetInfo").json["info"]["peersAlive"] == 2
@@ -62,8 +62,8 @@ def main(runs: int = 5) -> dict:
             wait_for(serving, 60, f"{lost} serving again")
             samples.append(time.monotonic() - t0)
             nodes[victim].cleanup()  # its old pods: the "machine" is gone
-            again = PodmanNode(user, nodes[victim].home, nodes[victim].extra_config).start()
-            nodes[victim].proc = again.proc
+            nodes[victim] = PodmanNode(user, nodes[victim].home, nodes[victim].extra_config)  # same identity
+            nodes[victim].start(timeout=60)
             wait_for(lambda: nodes[0].call("GetInfo").json["info"]["peersAlive"] == 2, 60, "the killed peer to rejoin")
             # let the rejoined peer take work again: scale down and up
             nodes[0].call("Scale", {"name": "web", "replicas": 1, "wait": True, "timeoutSeconds": 60})

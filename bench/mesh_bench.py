@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.common import machine, summary  # noqa: E402
+from bench.common import machine, open_mesh, summary  # noqa: E402
 
 
 # --- the node process ------------------------------------------------------------------------
@@ -43,6 +43,7 @@ def node(boot: str | None) -> None:
     from beemeshd.mesh.host import LibP2PMesh
 
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # every stream cut by a kill -9, at length
 
     def say(**event):
         print(json.dumps({**event, "t": time.time()}), flush=True)
@@ -123,22 +124,31 @@ def start_mesh(peers: int, together: bool) -> tuple[float, float, list[Node]]:
     """(last node up -> full view everywhere, first launch -> full view, nodes). `together`:
     all launched at once; else each as soon as the previous one's mesh is up."""
     nodes = [Node()]
-    nodes[0].up()
-    t0 = time.time()
-    for _ in range(peers - 1):
-        nodes.append(Node(nodes[0].addr))
-        if not together:
-            nodes[-1].up()
-    last_up = max(n.up() for n in nodes[1:])
-    full = max(first_time(n, lambda e: e.get("alive", 0) >= peers - 1, 120) for n in nodes)
+    try:
+        nodes[0].up()
+        t0 = time.time()
+        for _ in range(peers - 1):
+            nodes.append(Node(nodes[0].addr))
+            if not together:
+                nodes[-1].up()
+        last_up = max(n.up() for n in nodes[1:])
+        full = max(first_time(n, lambda e: e.get("alive", 0) >= peers - 1, 120) for n in nodes)
+    except BaseException:  # no node outlives a failed start
+        for n in nodes:
+            n.stop()
+        raise
     return full - last_up, full - t0, nodes
 
 
 def join(nodes: list[Node]) -> tuple[float, Node]:
     """One more peer into a running mesh: its mesh up -> every other peer has it alive."""
     new = Node(nodes[0].addr)
-    t0 = new.up()
-    t = max(first_time(n, lambda e: e["event"] == "PeerJoined" and e["peer"] == new.peer_id, 30) for n in nodes)
+    try:
+        t0 = new.up()
+        t = max(first_time(n, lambda e: e["event"] == "PeerJoined" and e["peer"] == new.peer_id, 30) for n in nodes)
+    except BaseException:
+        new.stop()
+        raise
     return t - t0, new
 
 
@@ -190,8 +200,9 @@ def daemon_rss(boot: str | None = None, peers: int = 0) -> dict:
         home = Path(tempfile.mkdtemp(prefix="beemesh-bench-"))
         os.chown(home, user.uid, user.gid)
         d = Daemon(user, home, {"log_level": "warning", "podman_endpoint": "tcp://127.0.0.1:9", "mesh_mdns": False,
-                                **extra}).start()
+                                **open_mesh(), **extra})
         try:
+            d.start(timeout=60)  # a loaded machine (2 shared cores) can take a while
             if boot:
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline and d.call("GetInfo").json["info"]["peersAlive"] < peers:
@@ -233,7 +244,7 @@ def fmt(name: str, s: dict, unit: str = "s", scale: float = 1.0) -> str:
     return f"{name}: p50 {s['p50'] * scale:.3f} {unit}, p99 {s['p99'] * scale:.3f} {unit} (n={s['n']})"
 
 
-def main() -> dict:
+def main() -> dict | None:
     p = argparse.ArgumentParser()
     p.add_argument("--node", action="store_true")
     p.add_argument("--boot")
@@ -248,10 +259,18 @@ def main() -> dict:
     if args.node:
         return node(args.boot)
     print(machine())
+    return run(**{k: v for k, v in vars(args).items() if k not in ("node", "boot")})
+
+
+def run(peers: int = 20, runs: int = 3, joins: int = 5, messages: int = 100, rate: float = 5.0,
+        kills: int = 4, sim: int = 300, together: bool = True) -> dict:
+    """Every measurement above; `together=False` skips the all-at-once start (the slowest part)."""
+    args = argparse.Namespace(peers=peers, runs=runs, joins=joins, messages=messages, rate=rate,
+                              kills=kills, sim=sim)
     r: dict = {}
-    joins, nodes = [], []
+    join_times, nodes = [], []
     try:
-        for together in (True, False):
+        for together in (True, False) if together else (False,):
             after_up, after_launch = [], []
             for _ in range(args.runs):
                 for n in nodes:
@@ -268,12 +287,12 @@ def main() -> dict:
         time.sleep(5)  # its death is noticed; the joins below replace it
         for _ in range(args.joins):
             took, new = join(base)
-            joins.append(took)
+            join_times.append(took)
             new.stop()
             time.sleep(4)
         nodes = [*base, Node(base[0].addr)]
         nodes[-1].up()
-        r["join"] = summary(joins)
+        r["join"] = summary(join_times)
         print(fmt(f"one peer joins {args.peers - 1}: its mesh up -> alive at all of them", r["join"]))
         time.sleep(10)  # let GossipSub drop the killed joiners from its meshes
         r["gossip_ms"] = summary(gossip(nodes, args.messages, args.rate), 1000)

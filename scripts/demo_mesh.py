@@ -1,7 +1,9 @@
 """The main job: a small local mesh deploying a real workload, and healing it.
 
 Three beemeshd peers on this machine (as the test user), each with its own rootless Podman store
-and API socket and its own loopback addresses, joined over libp2p on loopback. A 3-replica web
+and API socket and its own loopback addresses. Peer 1 creates a mesh (`beemeshctl mesh init`),
+invites the others with one-time join tokens (`mesh invite`), and they join (`mesh join`): they
+meet over libp2p on loopback, each checking the others' credentials. A 3-replica web
 Deployment is applied on one peer, served from all three; then that peer is killed (kill -9) and
 its replica comes back on a survivor — printed as it happens. Run as root: `make demo`.
 """
@@ -55,20 +57,30 @@ def main() -> None:
     watcher = None
     try:
         for i in range(3):
-            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False, "log_level": "info"}
-            if nodes:
-                cfg["mesh_bootstrap"] = nodes[0].call("GetInfo").json["info"]["meshAddresses"]
+            # a member listens on every address; the demo keeps its mesh on loopback
+            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False, "log_level": "info",
+                   "mesh_listen": ["/ip4/127.0.0.1/tcp/0"]}
             node = PodmanNode(user, user.tempdir(), cfg).prepare()
             node.start()
             nodes.append(node)
             info = node.call("GetInfo").json["info"]
             say(f"peer {i + 1} up: {info['peerId']} (pods publish on 127.0.{i + 1}.x, own Podman store)")
+            if i == 0:
+                say("beemeshctl mesh init --name demo   (on peer 1: a new mesh key and its own credential)")
+                print(ctl(node, "mesh", "init", "--name", "demo"), end="", flush=True)
+            else:
+                token = ctl(nodes[0], "mesh", "invite").strip()
+                say(f"beemeshctl mesh invite   (on peer 1) -> one-time join token {token[:24]}…")
+                say(f"beemeshctl mesh join TOKEN   (on peer {i + 1}: redeemed at peer 1 for its own credential)")
+                print(ctl(node, "mesh", "join", token), end="", flush=True)
         ids = [n.call("GetInfo").json["info"]["peerId"] for n in nodes]
         for n in nodes:
             wait(lambda n=n: n.call("GetInfo").json["info"]["peersAlive"] == 2, 20, "the mesh to form")
             wait(lambda n=n: n.call("GetInfo").json["info"]["runtime"]["available"], 30, "Podman")
         say("every peer sees the other two:")
         print(ctl(nodes[1], "peers"), flush=True)
+        say("beemeshctl mesh status   (on peer 2)")
+        print(ctl(nodes[1], "mesh", "status"), flush=True)
 
         manifest = nodes[0].home / "web.yaml"
         text = (ROOT / "examples" / "web.yaml").read_text().replace("replicas: 2", "replicas: 3")

@@ -2,7 +2,8 @@
 # Prepare this machine (Debian 12, as root) for BeeMesh's demo and tests. Idempotent: a second run
 # only re-installs the project when its sources changed, and finishes in seconds.
 #
-#   - Debian packages (podman + runc, slirp4netns, build deps of systemd-python / fastecdsa, rpm, ...)
+#   - Debian packages (podman + runc, slirp4netns, build deps of systemd-python / fastecdsa, rpm,
+#     iperf3 and passt for the throughput benchmark, ...)
 #   - the unprivileged test user with subuid/subgid, its runtime dir and rootless Podman config
 #   - a venv built with the system Python, readable by that user, holding beemesh + dependencies
 #   - the real varlinkctl (trixie's systemd, run through its own loader) in .cache/varlinkctl
@@ -28,7 +29,8 @@ fi
 PKGS="podman runc slirp4netns uidmap busybox-static catatonit fuse-overlayfs curl ca-certificates
       python3-venv python3-dev gcc pkg-config libsystemd-dev libgmp-dev build-essential
       iproute2 procps util-linux make
-      rpm rpmlint python3-pip python3-packaging"
+      rpm rpmlint python3-pip python3-packaging
+      iperf3 passt"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -51,7 +51,8 @@ class MeshHandlers:
     async def Deploy(self, call: Call, manifest=None, yaml=None, namespace=None, wait=None,
                      timeoutSeconds=None, dryRun=None) -> dict:
         workloads = await self.node.workloads.deploy(manifest=manifest, yaml=yaml, namespace=namespace,
-                                                     wait=bool(wait), timeout=timeoutSeconds, dry_run=bool(dryRun))
+                                                     wait=bool(wait), timeout=timeoutSeconds, dry_run=bool(dryRun),
+                                                     user=call.user)
         return {"workloads": workloads}
 
     async def Get(self, call: Call, name, namespace=None, kind=None) -> dict:
@@ -65,7 +66,7 @@ class MeshHandlers:
 
     async def Scale(self, call: Call, name, replicas, namespace=None, wait=None, timeoutSeconds=None):
         return {"workload": await self.node.workloads.scale(name, namespace, int(replicas), bool(wait),
-                                                            timeoutSeconds)}
+                                                            timeoutSeconds, user=call.user)}
 
     async def Logs(self, call: Call, name, namespace=None, replica=None, container=None, tail=None,
                    follow=None):
@@ -103,3 +104,29 @@ class MeshHandlers:
             raise errors.NotImplementedYet("Explain", "this daemon runs without the mesh (mesh_enabled = false): "
                                            "every replica runs here")
         return {"explanation": explain(name, namespace)}
+
+    # -- policies (beemeshd/policy_store.py) --------------------------------------------------------
+    async def ListPolicies(self, call: Call, scope=None) -> dict:
+        return {"policies": self.node.policies.list(scope)}
+
+    async def SetPolicy(self, call: Call, name, scope, text) -> dict:
+        return {"policy": await self.node.policies.set(name, scope, text)}
+
+    async def RemovePolicy(self, call: Call, name, scope) -> dict:
+        return {"policy": await self.node.policies.remove(name, scope)}
+
+    # -- mesh membership (beemeshd/mesh_membership.py) ---------------------------------------------
+    async def GetMembership(self, call: Call) -> dict:
+        return {"membership": self.node.membership.status()}
+
+    async def CreateMesh(self, call: Call, name=None) -> dict:
+        return {"membership": await self.node.membership.create(name)}
+
+    async def Invite(self, call: Call, peer=None, ttlSeconds=None, tokenTtlSeconds=None) -> dict:
+        return self.node.membership.invite(peer, ttlSeconds, tokenTtlSeconds)
+
+    async def Join(self, call: Call, invitation) -> dict:
+        return {"membership": await self.node.membership.join(invitation)}
+
+    async def Revoke(self, call: Call, peer=None, serial=None) -> dict:
+        return {"membership": await self.node.membership.revoke(peer, serial)}

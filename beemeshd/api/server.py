@@ -14,7 +14,9 @@ import errno
 import json
 import logging
 import math
+import pwd
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -75,6 +77,8 @@ class Call:
     method: str
     more: bool
     oneway: bool
+    # Unix user name of the caller (SO_PEERCRED), when the transport tells.
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class _Conn:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     idle_scope: trio.CancelScope | None = None
     streaming: bool = False
+    user: str | None = None
 
 
 class _Reader:
@@ -211,6 +216,7 @@ class VarlinkServer:
         await self._serve_connection(stream, conn)
 
     async def _serve_connection(self, stream: trio.abc.Stream, conn: _Conn) -> None:
+        conn.user = peer_user(stream)
         reader = _Reader(stream, self.max_message)
         try:
             with conn.scope:
@@ -269,7 +275,7 @@ class VarlinkServer:
                 return
             if iface != self.interface.name:
                 raise verr.interface_not_found(iface)
-            result = await self._call(name, params, Call(name, more, oneway))
+            result = await self._call(name, params, Call(name, more, oneway, conn.user))
             if isinstance(result, dict):
                 await send({"parameters": self._checked_reply(name, result)})
                 return
@@ -365,6 +371,19 @@ class VarlinkServer:
                 return {"description": SERVICE_IDL}
             raise verr.interface_not_found(wanted)
         raise verr.method_not_found(f"{SERVICE}.{name}")
+
+
+def peer_user(stream) -> str | None:
+    """The unix user at the other end of a unix socket stream (policies see it), else None."""
+    sock = getattr(stream, "socket", None)
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return None
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+        return pwd.getpwuid(uid).pw_name
+    except (OSError, KeyError, struct.error):
+        return None
 
 
 def _error_message(exc: verr.VarlinkError) -> dict:

@@ -15,7 +15,9 @@ peer that took the Deploy is gone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import heapq
 from dataclasses import dataclass, field
 
 Key = tuple[str, str, str]  # (namespace, kind, name)
@@ -78,15 +80,21 @@ class Decision:
         return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _point(name: str) -> int:
+    """Where a peer id or workload key sits in the 256-bit XOR space (cached: every peer asks
+    who heals each orphaned workload, over every live peer)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest(), "big")
+
+
 def distance(key: Key, peer_id: str) -> int:
-    a = int.from_bytes(hashlib.sha256("/".join(key).encode()).digest(), "big")
-    b = int.from_bytes(hashlib.sha256(peer_id.encode()).digest(), "big")
-    return a ^ b
+    return _point("/".join(key)) ^ _point(peer_id)
 
 
 def holders(key: Key, peers: list[str], k: int) -> list[str]:
     """The k peers that keep a workload's manifest: closest by XOR distance."""
-    return sorted(set(peers), key=lambda p: distance(key, p))[:k]
+    at = _point("/".join(key))
+    return heapq.nsmallest(k, set(peers), key=lambda p: at ^ _point(p))
 
 
 @dataclass
@@ -95,6 +103,9 @@ class Catalog:
     k: int = 3
     entries: dict[Key, Decision] = field(default_factory=dict)
     history: dict[Key, list[Decision]] = field(default_factory=dict)
+    # keys of live workloads with replicas here: mine() runs on every agent pass, and a large
+    # mesh's catalog is mostly other peers' work
+    _mine: dict[Key, None] = field(default_factory=dict, repr=False, compare=False)
 
     def merge(self, d: Decision) -> bool:
         """Take a decision if it is newer than what we have; True when the catalog changed."""
@@ -102,6 +113,10 @@ class Catalog:
         if cur is not None and cur.order() >= d.order():
             return False
         self.entries[d.key] = d
+        if not d.deleted and any(p == self.self_id for _, p in d.assignments):
+            self._mine[d.key] = None
+        else:
+            self._mine.pop(d.key, None)
         hist = self.history.setdefault(d.key, [])
         hist.append(d)
         del hist[:-HISTORY]
@@ -113,10 +128,9 @@ class Catalog:
     def mine(self) -> list[tuple[Decision, list[str]]]:
         """Workloads with replicas assigned to this peer, and those replicas."""
         out = []
-        for d in self.live():
-            replicas = [r for r, p in d.assignments if p == self.self_id]
-            if replicas:
-                out.append((d, replicas))
+        for key in self._mine:
+            d = self.entries[key]
+            out.append((d, [r for r, p in d.assignments if p == self.self_id]))
         return out
 
     def keeps(self, key: Key, alive: list[str]) -> bool:

@@ -23,6 +23,20 @@ Events are ("PeerJoined" | "PeerRecovered" | "PeerSuspect" | "PeerLeft", peer id
 when a peer becomes alive from pending or dead (first contact, return), PeerRecovered when a
 suspect answers again. Clients see both as PeerJoined; only a real join calls for a view sync.
 
+Bounded probing (SWIM) once the view holds more than `probe_all` peers: probing everyone
+every interval costs O(n) per peer, O(n²) for the mesh. Instead each interval probes
+`probe_fanout` alive peers taken round-robin from a shuffled order (so each is probed by some
+peer about probe_fanout times per interval, and by this one at least once per n/probe_fanout
+intervals), plus the few pending, suspect or unanswered ones, plus at most probe_fanout dead
+ones due for a redial. Silence only counts for peers this one probed (from the probe, not from
+the last message): a peer nobody here asked about stays alive until told otherwise. What this
+peer detects itself it disseminates (`take_rumours`: (peer, "suspect" | "dead", the record seq
+it knew), gossiped on beemesh/membership); `rumour()` applies what others detected: a suspect
+rumour starts the dead_after − suspect_after countdown here too, a dead rumour declares it
+dead. A rumour about an older record than ours is void: the accused refutes a suspicion by
+publishing a new record (a higher seq), which is also direct evidence that it lives. Small
+meshes (≤ probe_all peers, or probe_fanout = 0) keep probing everyone, as before.
+
 Long-lived peers are preferred (the seed's Kademlia property: old contacts are the ones most
 likely to stay). `contacts(k)` draws k alive peers without replacement with probability
 proportional to 1 + the seconds this peer has *observed* them continuously alive (capped at a
@@ -32,6 +46,7 @@ uses it to pick DHT routing-table contacts (and later relay candidates).
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from dataclasses import dataclass
@@ -50,6 +65,10 @@ class Timings:
     redial_min: float = 1.0
     redial_max: float = 5.0
     forget_after: float = 600.0
+    # Views of up to probe_all peers probe everyone every interval; larger ones probe_fanout
+    # peers an interval (SWIM): each peer is still probed by ~probe_fanout others an interval.
+    probe_fanout: int = 4
+    probe_all: int = 16
 
     def __post_init__(self):
         if not 0 < self.ping_interval <= self.suspect_after < self.dead_after:
@@ -57,13 +76,15 @@ class Timings:
                              f"(got {self.ping_interval}, {self.suspect_after}, {self.dead_after})")
         if not 0 < self.redial_min <= self.redial_max:
             raise ValueError("need 0 < redial_min ≤ redial_max")
+        if self.probe_fanout < 0 or self.probe_all < 0:
+            raise ValueError("need probe_fanout ≥ 0 and probe_all ≥ 0")
 
 
 class Member:
     """One peer in the view. Slotted: a simulator holds one per (observer, peer) pair."""
 
     __slots__ = ("peer_id", "state", "first_seen", "last_heard", "alive_since", "record", "record_raw",
-                 "record_seq", "record_at", "next_probe", "redial")
+                 "record_seq", "record_at", "next_probe", "redial", "since", "by_rumour")
 
     def __init__(self, peer_id: str, now: float):
         self.peer_id = peer_id
@@ -77,6 +98,8 @@ class Member:
         self.record_at = now  # when the record arrived (extrapolates the reported uptime)
         self.next_probe = now
         self.redial = 0.0
+        self.since: float | None = None  # bounded probing: silence counts from here (None: not asked)
+        self.by_rumour = False  # suspected on another peer's word (not ours to spread)
 
     def uptime(self, now: float) -> float:
         """Uptime as the peer reports it, carried forward to now."""
@@ -89,11 +112,24 @@ class Member:
 
 
 class Membership:
-    def __init__(self, self_id: str, timings: Timings = Timings()):
+    def __init__(self, self_id: str, timings: Timings = Timings(), rng: random.Random | None = None):
         self.self_id = self_id
         self.timings = timings
+        self.rng = rng or random.Random()
         self.members: dict[str, Member] = {}
         self._last_tick: float | None = None
+        # Bounded probing: members a tick must look at (pending, suspect, probed and unanswered;
+        # a dict for a deterministic order), dead ones by next redial (a heap), the probe order.
+        self._watch: dict[str, None] = {}
+        self._redials: list[tuple[float, str]] = []
+        self._was_bounded = False
+        self._order: list[str] = []
+        self._pos = 0
+        self._outbox: list[tuple[str, str, int]] = []
+
+    @property
+    def bounded(self) -> bool:
+        return self.timings.probe_fanout > 0 and len(self.members) > self.timings.probe_all
 
     # --- evidence -----------------------------------------------------------------------------
 
@@ -104,6 +140,9 @@ class Membership:
         if m is None:
             m = self.members[peer_id] = Member(peer_id, now)
         m.last_heard = max(m.last_heard, now)
+        if m.since is not None or m.state == PENDING:
+            m.since, m.by_rumour = None, False
+            self._watch.pop(peer_id, None)
         if m.state == ALIVE:
             return []
         recovered = m.state == SUSPECT
@@ -120,23 +159,39 @@ class Membership:
         m = self.members.get(peer_id)
         if m is None:
             m = self.members[peer_id] = Member(peer_id, now)
+            self._watch[peer_id] = None  # pending: probed every interval until heard or forgotten
         if seq <= m.record_seq:
             return False
         m.record, m.record_raw, m.record_seq, m.record_at = record, raw, seq, now
         if m.state == DEAD:
             m.next_probe = now  # news of a dead peer (it restarted, or a partition healed): look now
             m.redial = 0.0
+            self._schedule(m)
         return True
+
+    def forget(self, peer_id: str) -> list[tuple[str, str]]:
+        """Drop a peer from the view at once (its credential was revoked or expired): PeerLeft
+        if it was alive or suspect, so placement re-places its work."""
+        m = self.members.pop(peer_id, None)
+        self._watch.pop(peer_id, None)
+        return [(LEFT, peer_id)] if m is not None and m.state in (ALIVE, SUSPECT) else []
 
     # --- time ---------------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[tuple[str, str]]:
         t = self.timings
         late = 0.0 if self._last_tick is None else now - self._last_tick - t.ping_interval
+        self._last_tick = now
+        if self.bounded:
+            if not self._was_bounded:  # the view just grew past probe_all: queue the dead
+                self._redials = [(m.next_probe, pid) for pid, m in self.members.items() if m.state == DEAD]
+                heapq.heapify(self._redials)
+            self._was_bounded = True
+            return self._tick_bounded(now, late)
+        self._was_bounded = False
         if late > 0:  # we ran late: that much of their silence is ours
             for m in self.members.values():
                 m.last_heard += late
-        self._last_tick = now
         events: list[tuple[str, str]] = []
         for pid, m in list(self.members.items()):
             silent = now - m.last_heard
@@ -146,20 +201,91 @@ class Membership:
                 continue
             if m.state == ALIVE and silent > t.suspect_after:
                 m.state = SUSPECT
+                m.since = m.last_heard  # should the view grow past probe_all meanwhile
+                self._watch[pid] = None
                 events.append((SUSPECTED, pid))
             if m.state == SUSPECT and silent > t.dead_after:
-                m.state = DEAD
-                m.next_probe = now + t.redial_min
-                m.redial = t.redial_min
+                self._die(m, now)
                 events.append((LEFT, pid))
             if m.state == DEAD and silent > t.forget_after:
                 del self.members[pid]
         return events
 
+    def _tick_bounded(self, now: float, late: float) -> list[tuple[str, str]]:
+        """Only the watched members: silence counts from our probe (or a rumour), not from the
+        last message, since nobody here asks the others."""
+        t = self.timings
+        events: list[tuple[str, str]] = []
+        for pid in list(self._watch):
+            m = self.members.get(pid)
+            if m is None:
+                del self._watch[pid]
+                continue
+            if late > 0:
+                m.last_heard += late
+                if m.since is not None:
+                    m.since += late
+            if m.state == PENDING:
+                if now - m.first_seen > t.dead_after:
+                    del self.members[pid], self._watch[pid]
+                continue
+            if m.state not in (ALIVE, SUSPECT) or m.since is None:
+                del self._watch[pid]
+                continue
+            silent = now - m.since
+            if m.state == ALIVE and silent > t.suspect_after:
+                m.state = SUSPECT
+                events.append((SUSPECTED, pid))
+                if not m.by_rumour:
+                    self._outbox.append((pid, SUSPECT, m.record_seq))
+            if m.state == SUSPECT and silent > t.dead_after:
+                if not m.by_rumour:
+                    self._outbox.append((pid, DEAD, m.record_seq))
+                self._die(m, now)
+                events.append((LEFT, pid))
+        return events
+
+    def _die(self, m: Member, now: float) -> None:
+        m.state = DEAD
+        m.since, m.by_rumour = None, False
+        m.next_probe = now + self.timings.redial_min
+        m.redial = self.timings.redial_min
+        self._watch.pop(m.peer_id, None)
+        self._schedule(m)
+
+    def _schedule(self, m: Member) -> None:
+        """Queue a dead member's next redial (the heap is only kept while bounded)."""
+        if self._was_bounded:
+            heapq.heappush(self._redials, (m.next_probe, m.peer_id))
+
+    def rumour(self, peer_id: str, state: str, seq: int, now: float) -> list[tuple[str, str]]:
+        """Another peer says `peer_id` is suspect or dead, as of its record `seq`."""
+        m = self.members.get(peer_id)
+        if m is None or m.state in (PENDING, DEAD) or seq < m.record_seq:
+            return []  # unknown, already dead, or it has spoken since (a newer record)
+        if state == DEAD:
+            self._die(m, now)
+            return [(LEFT, peer_id)]
+        if state != SUSPECT or m.state != ALIVE:
+            return []
+        m.state, m.by_rumour = SUSPECT, True
+        since = now - self.timings.suspect_after  # dead after dead_after − suspect_after more
+        m.since = since if m.since is None else min(m.since, since)
+        self._watch[peer_id] = None
+        return [(SUSPECTED, peer_id)]
+
+    def take_rumours(self) -> list[tuple[str, str, int]]:
+        """(peer, "suspect" | "dead", record seq) this peer detected itself since the last call."""
+        out, self._outbox = self._outbox, []
+        return out
+
     def probe_targets(self, now: float) -> list[str]:
         """Peers to probe now: live or pending ones not heard from in the last half ping interval
         (a peer that just pinged us, or gossiped, needs no probe — this halves the pings of a
-        pair); dead ones when their back-off is due."""
+        pair); dead ones when their back-off is due. In a large view, a bounded share of them
+        (see the module docstring)."""
+        if self.bounded:
+            return self._targets_bounded(now)
         out = []
         fresh = self.timings.ping_interval / 2
         for pid, m in self.members.items():
@@ -172,6 +298,45 @@ class Membership:
                 m.next_probe = now + m.redial
         return out
 
+    def _targets_bounded(self, now: float) -> list[str]:
+        t = self.timings
+        fresh = t.ping_interval / 2
+        out = [pid for pid in self._watch if (m := self.members.get(pid)) is not None
+               and m.state != DEAD and now - m.last_heard >= fresh]
+        picked, budget = 0, len(self.members) + 1
+        while picked < t.probe_fanout and budget > 0:
+            if self._pos >= len(self._order):  # a new round: every alive peer once, shuffled
+                self._order = [pid for pid, m in self.members.items() if m.state == ALIVE]
+                self.rng.shuffle(self._order)
+                self._pos = 0
+                if not self._order:
+                    break
+            pid = self._order[self._pos]
+            self._pos += 1
+            budget -= 1
+            m = self.members.get(pid)
+            if m is None or m.state != ALIVE or pid in self._watch or now - m.last_heard < fresh:
+                continue
+            m.since = now  # silence counts from this probe
+            self._watch[pid] = None
+            out.append(pid)
+            picked += 1
+        redialled = 0
+        while self._redials and self._redials[0][0] <= now and redialled < t.probe_fanout:
+            due, pid = heapq.heappop(self._redials)
+            m = self.members.get(pid)
+            if m is None or m.state != DEAD or m.next_probe != due:
+                continue  # back, forgotten, or rescheduled (a newer entry exists)
+            if now - m.last_heard > t.forget_after:
+                del self.members[pid]
+                continue
+            out.append(pid)
+            redialled += 1
+            m.redial = min(max(m.redial * 2, t.redial_min), t.redial_max)
+            m.next_probe = now + m.redial
+            self._schedule(m)
+        return out
+
     # --- reading ------------------------------------------------------------------------------
 
     def get(self, peer_id: str) -> Member | None:
@@ -180,6 +345,9 @@ class Membership:
     def listed(self) -> list[Member]:
         """Members a client should see (pending ones are only rumours)."""
         return [m for m in self.members.values() if m.state != PENDING]
+
+    def any_alive(self) -> bool:
+        return any(m.state == ALIVE for m in self.members.values())
 
     def counts(self) -> dict[str, int]:
         c = {ALIVE: 0, SUSPECT: 0, DEAD: 0}

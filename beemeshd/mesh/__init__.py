@@ -26,26 +26,36 @@ LOOPBACK_LISTEN = "/ip4/127.0.0.1/tcp/0"
 
 class Mesh(Protocol):
     peer_id: str
-    counters: dict[str, int]  # forgedMessages, staleMessages, replayedMessages, malformedMessages
+    counters: dict[str, int]  # forged/stale/replayed/malformed/nonMemberMessages, refusedPeers
+    admission: object  # beemeshd.core.admission.Admission, or None for an open mesh
     on_peer_event: Callable[[str, str], None]  # (PeerJoined | PeerSuspect | PeerLeft, peer id)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None: ...
     def addresses(self) -> list[str]: ...
     def peers(self) -> list[PeerView]: ...
+    def peer_ids(self, states: tuple[str, ...] = ("alive",)) -> list[str]: ...  # others, cheaply
+    def peer_state(self, peer_id: str) -> str | None: ...  # "self", a view state, or None
     def contacts(self, k: int) -> list[str]: ...
     def set_record(self, record: dict) -> None: ...
     async def publish(self, topic: str, payload: dict) -> None: ...
     def subscribe(self, topic: str) -> AsyncIterator[Envelope]: ...
-    async def request(self, peer_id: str, protocol: str, payload: dict, timeout: float) -> dict: ...
+    async def request(self, peer_id: str, protocol: str, payload: dict, timeout: float,
+                      addresses: list[str] | None = None) -> dict: ...
     def handle(self, protocol: str, handler: Callable[[Envelope], Awaitable[dict]]) -> None: ...
+    # membership (beemeshd.mesh_membership): a join, a new credential, a revocation
+    def membership_changed(self) -> None: ...
+    def add_contacts(self, addresses: list[str]) -> None: ...
+    async def open_up(self, listen: list[str], mdns_name: str | None) -> None: ...
+    async def publish_revocations(self, rl) -> None: ...
 
 
-def listen_addresses(config) -> list[str]:
-    """Configured listen addresses; by default loopback only unless the mesh is named (issue 10:
-    until membership credentials exist, an unnamed daemon must not be reachable from the LAN)."""
+def listen_addresses(config, member: bool = False) -> list[str]:
+    """Configured listen addresses; by default loopback only, unless this peer belongs to a mesh
+    (`member`: it holds a credential) or the settings name an open mesh. Another local user can
+    reach 127.0.0.1 too, which is why a peer without a mesh also refuses uncredentialed peers."""
     if config.mesh_listen:
         return list(config.mesh_listen)
-    if not config.mesh_name:
+    if not member and not (getattr(config, "mesh_open", False) and config.mesh_name):
         return [LOOPBACK_LISTEN]
     import ifaddr  # a zeroconf (libp2p) dependency
 
@@ -56,11 +66,24 @@ def listen_addresses(config) -> list[str]:
     return out or [LOOPBACK_LISTEN]
 
 
-def make_mesh(config, seed: bytes) -> Mesh:
+def mdns_name(config, mesh_id: str | None) -> str | None:
+    """The mDNS service is derived from this: the mesh id of a member, or an open mesh's name."""
+    if not config.mesh_mdns:
+        return None
+    if mesh_id:
+        return f"mesh-id:{mesh_id}"
+    return config.mesh_name if getattr(config, "mesh_open", False) and config.mesh_name else None
+
+
+def make_mesh(config, seed: bytes, admission=None) -> Mesh:
+    """The libp2p mesh. `admission` (beemeshd.core.admission): who counts as a member; None
+    makes an open mesh (`mesh_open = true`)."""
     from beemeshd.mesh.host import LibP2PMesh  # ≈ 56 MB of RSS: only when a mesh runs
 
     timings = Timings(ping_interval=config.ping_interval_seconds, suspect_after=config.suspect_after_seconds,
                       dead_after=config.dead_after_seconds)
-    return LibP2PMesh(seed, listen=listen_addresses(config), bootstrap=list(config.mesh_bootstrap),
-                      mdns_name=config.mesh_name if config.mesh_mdns and config.mesh_name else None,
-                      heartbeat=config.gossip_heartbeat_seconds, timings=timings)
+    member = admission is not None and admission.own is not None
+    mesh_id = admission.mesh if member else None
+    return LibP2PMesh(seed, listen=listen_addresses(config, member), bootstrap=list(config.mesh_bootstrap),
+                      mdns_name=mdns_name(config, mesh_id), heartbeat=config.gossip_heartbeat_seconds,
+                      timings=timings, admission=admission)

@@ -14,6 +14,17 @@ therefore learns the whole mesh in one round trip, probes everyone it learned of
 all within about one ping interval. Relayed records are signed by their owners but may be old,
 so they make a peer worth probing, not alive. GossipSub on `beemesh/records` carries record
 changes, and a refresh every RECORD_REFRESH seconds (uptime is carried forward locally between).
+
+Membership (with an `admission`, core/admission.py; without one the mesh is open, as unit tests
+and simulators of other features use it): only peers holding a valid credential of this mesh
+count. Before probing a peer it does not know as a member, this peer sends PROTO_HELLO with its
+own credential and gets the other's back; both verify. Records carry the credential too, so a
+member learned by gossip or view sync is known without a hello. Gossip whose signer (or, over
+libp2p, whose forwarder) is not a member, and direct requests from non-members, are dropped and
+counted (nonMemberMessages) before their signature is even checked; only PROTO_HELLO and
+PROTO_JOIN are open to non-members, through a token bucket. A peer whose hello fails is refused
+(refusedPeers) and disconnected; revoked or expired members are forgotten and disconnected.
+Revocation lists travel on `beemesh/membership` and in every hello.
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ from dataclasses import dataclass
 
 import trio
 
+from beemeshd.core import credentials as cr
 from beemeshd.core import protocol as proto
-from beemeshd.core.membership import ALIVE, JOINED, LEFT, RECOVERED, Membership, Timings
+from beemeshd.core.admission import Admission, NonMember, TokenBucket
+from beemeshd.core.membership import JOINED, LEFT, RECOVERED, Membership, Timings
 from beemeshd.errors import PeerUnreachable
 
 log = logging.getLogger("beemeshd.mesh")
@@ -67,17 +80,25 @@ class MeshBase:
     HELLO_LIMIT = 64  # views larger than this learn newcomers from their gossiped record only
     ANNOUNCE_DELAY = 1.0  # after the first contact: time for GossipSub to learn our subscriptions
     SUB_BUFFER = 1024
+    OPEN_RATE, OPEN_BURST = 20.0, 40.0  # hellos and join requests from non-members, per second
+    ADMISSION_INTERVAL = 1.0  # how often expired credentials are swept
+    OPEN_PROTOCOLS = frozenset({proto.PROTO_HELLO, proto.PROTO_JOIN})
 
     def __init__(self, seed: bytes, *, timings: Timings = Timings(),
                  bootstrap: list[tuple[str, list[str]]] = (), record: dict | None = None,
                  freshness: float = proto.FRESHNESS, replay_ttl: float = proto.REPLAY_TTL,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, admission: Admission | None = None):
         self.signer = proto.Signer(seed)
         self.peer_id = self.signer.peer_id
         self.timings = timings
-        self.membership = Membership(self.peer_id, timings)
+        self.membership = Membership(self.peer_id, timings, rng=rng)
         self.gate = proto.Gate(proto.ReplayCache(replay_ttl), freshness)
         self.counters = self.gate.counters
+        self.counters.update(nonMemberMessages=0, refusedPeers=0)
+        self.admission = admission  # None: an open mesh (no credentials checked)
+        self.on_revocations: Callable[[cr.RevocationList], None] = lambda rl: None  # persist them
+        self._open_bucket = TokenBucket(self.OPEN_RATE, self.OPEN_BURST)
+        self._greeted: set[str] = set()  # peers that hold our credential since our last contact
         self.on_peer_event: Callable[[str, str], None] = lambda kind, peer: None
         # (peer, what): a message provably from that peer was stale or replayed (trust evidence)
         self.on_misbehaviour: Callable[[str, str], None] = lambda peer, what: None
@@ -89,6 +110,8 @@ class MeshBase:
         self._record_changed: trio.Event | None = None
         self._subs: dict[str, set[trio.MemorySendChannel]] = {}
         self._handlers: dict[str, Handler] = {proto.PROTO_SYNC: self._handle_sync}
+        if admission is not None:
+            self._handlers[proto.PROTO_HELLO] = self._handle_hello
         self._probing: set[str] = set()
         self._last_full_sync = -math.inf
         self._announced = False
@@ -151,6 +174,8 @@ class MeshBase:
                         nursery.start_soon(self._probe_loop)
                         nursery.start_soon(self._record_loop)
                         nursery.start_soon(self._bootstrap_loop)
+                        if self.admission is not None:
+                            nursery.start_soon(self._admission_loop)
                         log.info("mesh up as %s on %s", self.peer_id, ", ".join(self.addresses()) or "-")
                         started = True
                         task_status.started()
@@ -178,6 +203,18 @@ class MeshBase:
             seen = None if math.isinf(m.last_heard) else wall - (now - m.last_heard)
             out.append(PeerView(m.peer_id, m.state, m.addresses(), m.uptime(now), seen, m.record))
         return out
+
+    def peer_ids(self, states: tuple[str, ...] = ("alive",)) -> list[str]:
+        """Ids of the other peers in these states: what peers() says, without building a view of
+        every peer (placement asks often; a large mesh has thousands)."""
+        return [pid for pid, m in self.membership.members.items() if m.state in states]
+
+    def peer_state(self, peer_id: str) -> str | None:
+        """"self", or alive | suspect | dead | pending; None for a peer not in the view."""
+        if peer_id == self.peer_id:
+            return "self"
+        m = self.membership.get(peer_id)
+        return m.state if m is not None else None
 
     def contacts(self, k: int) -> list[str]:
         """k alive peers, long-lived ones preferred (see beemeshd.core.membership)."""
@@ -222,13 +259,14 @@ class MeshBase:
         if new and self.running:
             self._register(protocol)
 
-    async def request(self, peer_id: str, protocol: str, payload: dict, timeout: float) -> dict:
+    async def request(self, peer_id: str, protocol: str, payload: dict, timeout: float,
+                      addresses: list[str] | None = None) -> dict:
         """One signed request, one signed reply. PeerUnreachable (no answer, bad answer) or
-        RemoteError (its handler failed)."""
+        RemoteError (its handler failed). `addresses`: where to dial a peer not in the view."""
         raw = self.signer.seal(protocol, "req", payload, self._wall())
         try:
             with trio.fail_after(timeout):
-                reply = await self._exchange(peer_id, self._addresses_of(peer_id), protocol, raw)
+                reply = await self._exchange(peer_id, addresses or self._addresses_of(peer_id), protocol, raw)
         except trio.TooSlowError:
             raise PeerUnreachable(peer_id, f"no reply to {protocol} within {timeout:g} s") from None
         except PeerUnreachable:
@@ -239,7 +277,8 @@ class MeshBase:
             env = self.gate.accept(reply, self._wall(), topic=protocol, kind="rep", sender=peer_id)
         except proto.Rejected as exc:
             raise PeerUnreachable(peer_id, f"rejected reply: {exc}") from None
-        self._emit(self.membership.heard(peer_id, self._now()))
+        if self._member(peer_id):
+            self._emit(self.membership.heard(peer_id, self._now()))
         body = env.payload
         if set(body) == {"error"}:
             raise RemoteError(peer_id, protocol, str(body["error"]))
@@ -250,22 +289,38 @@ class MeshBase:
 
     # --- inbound (called by the transport) ----------------------------------------------------
 
-    def _admit(self, topic: str, raw: bytes, decoded: proto.Envelope | None = None) -> proto.Envelope | None:
-        """Gate a gossip message; the envelope if it may be delivered and forwarded."""
+    def _admit(self, topic: str, raw: bytes, decoded: proto.Envelope | None = None,
+               forwarder: str | None = None) -> proto.Envelope | None:
+        """Gate a gossip message; the envelope if it may be delivered and forwarded. `forwarder`:
+        the peer that handed it to us (libp2p), checked for membership before anything else."""
+        if forwarder is not None and not self._member(forwarder):
+            self.gate.count(NonMember(f"forwarded by non-member {forwarder}"))
+            return None
         try:
             env = self.gate.accept(raw, self._wall(), topic=topic, kind="pub", decoded=decoded)
         except proto.Rejected as exc:
             log.debug("dropped %s message: %s", topic, exc)
             return None
-        now = self._now()
-        self._emit(self.membership.heard(env.sender, now))
+        rec = None
         if topic == proto.TOPIC_RECORDS:
             try:
                 rec = proto.validate_record(env.payload)
             except proto.Malformed as exc:
                 self.gate.count(exc)
                 return None
+            if self.admission is not None and not self._admit_credential(env.sender, rec.get("credential")):
+                return None
+        elif not self._member(env.sender):
+            self.gate.count(NonMember(f"{topic} message from non-member {env.sender}"))
+            return None
+        now = self._now()
+        self._emit(self.membership.heard(env.sender, now))
+        if rec is not None:
             self.membership.learned(env.sender, rec, raw, rec["seq"], now)
+        elif topic == proto.TOPIC_MEMBERSHIP and isinstance(env.payload, dict):
+            self._offer_revocations(env.payload.get("revocations"), env.sender)
+            if not self._hear_rumours(env.payload, now):
+                return None
         return env
 
     def _dispatch(self, env: proto.Envelope) -> None:
@@ -279,6 +334,14 @@ class MeshBase:
 
     async def _request_in(self, remote: str, protocol: str, raw: bytes) -> bytes | None:
         """Serve one inbound request; None (no reply) when the request is rejected."""
+        member = self._member(remote)
+        if not member:  # before the signature check: a non-member's flood costs a dict lookup
+            if protocol not in self.OPEN_PROTOCOLS:
+                self.gate.count(NonMember(f"{protocol} request from non-member {remote}"))
+                return None
+            if not self._open_bucket.take(self._now()):
+                self.gate.count(NonMember(f"{protocol} request from non-member {remote}: over the rate limit"))
+                return None
         try:
             env = self.gate.accept(raw, self._wall(), topic=protocol, kind="req", sender=remote)
         except proto.Rejected as exc:
@@ -287,13 +350,16 @@ class MeshBase:
                 # signed by `remote` and sent on its own stream: its doing, not a relay's
                 self.on_misbehaviour(remote, exc.counter)
             return None
-        self._emit(self.membership.heard(remote, self._now()))
+        if member and protocol not in self.OPEN_PROTOCOLS:
+            self._emit(self.membership.heard(remote, self._now()))
         handler = self._handlers.get(protocol)
         if handler is None:
             reply = {"error": f"no handler for {protocol}"}
         else:
             try:
                 reply = {"ok": await handler(env)}
+            except cr.Invalid as exc:  # a credential or token refused: the answer, not a failure
+                reply = {"error": str(exc)}
             except Exception as exc:
                 log.warning("%s handler failed for %s: %s", protocol, remote, exc, exc_info=True)
                 reply = {"error": str(exc) or type(exc).__name__}
@@ -305,8 +371,11 @@ class MeshBase:
         return max(0.0, self._now() - self._born)
 
     def _record_payload(self) -> dict:
-        return {**self._record, "addresses": self.addresses()[:16], "uptimeSeconds": round(self._uptime(), 3),
-                "seq": self._record_seq}
+        rec = {**self._record, "addresses": self.addresses()[:16], "uptimeSeconds": round(self._uptime(), 3),
+               "seq": self._record_seq}
+        if self.admission is not None and self.admission.own is not None:
+            rec["credential"] = self.admission.own_wire()
+        return rec
 
     def _seal_record(self) -> bytes:
         # seq: µs of the wall clock, strictly increasing, so a restarted peer's record wins.
@@ -337,7 +406,8 @@ class MeshBase:
                         self._announced = True
                         self._nursery.start_soon(self._announce)
                 elif kind == LEFT:
-                    if self.membership.counts()[ALIVE] == 0:
+                    self._greeted.discard(peer)  # it may come back restarted, without our credential
+                    if not self.membership.any_alive():
                         self._announced = False  # cut off from everyone: announce again on return
             self._callback(kind, peer)
 
@@ -347,11 +417,35 @@ class MeshBase:
         except Exception:
             log.exception("peer event callback failed")
 
+    def _tick(self, now: float) -> None:
+        """The failure detector's tick; what it detected by itself in a large view (bounded
+        probing, core/membership.py) is told to everyone on beemesh/membership."""
+        self._emit(self.membership.tick(now))
+        news = self.membership.take_rumours()
+        if news and self._nursery is not None:
+            self._nursery.start_soon(self.publish, proto.TOPIC_MEMBERSHIP, {"rumours": [list(r) for r in news]})
+
+    def _hear_rumours(self, payload: dict, now: float) -> bool:
+        """Apply another peer's failure-detector news; a suspicion of this peer is refuted by
+        republishing our record (a newer seq: evidence that we live). False if malformed."""
+        try:
+            news = proto.rumours(payload)
+        except proto.Malformed as exc:
+            self.gate.count(exc)
+            return False
+        for peer, state, seq in news:
+            if peer == self.peer_id:
+                if self._record_changed is not None and seq >= self._record_seq:
+                    self._record_changed.set()
+            else:
+                self._emit(self.membership.rumour(peer, state, seq, now))
+        return True
+
     async def _probe_loop(self) -> None:
         t = self.timings
         while True:
             now = self._now()
-            self._emit(self.membership.tick(now))
+            self._tick(now)
             for pid in self.membership.probe_targets(now):
                 if pid not in self._probing:
                     self._probing.add(pid)
@@ -362,6 +456,8 @@ class MeshBase:
         ok = False
         try:
             with trio.move_on_after(self.timings.dead_after):
+                if self._needs_hello(peer_id) and not await self._hello(peer_id):
+                    return
                 ok = await self._probe(peer_id, self._addresses_of(peer_id))
         except Exception as exc:  # a failed probe is information, not an error
             log.debug("probe of %s failed: %r", peer_id, exc)
@@ -427,11 +523,11 @@ class MeshBase:
         except proto.Malformed as exc:
             self.gate.count(exc)
             return None
-        have = {m.record_raw for m in self.membership.members.values()}
-        now = self._now()
+        members, now = self.membership.members, self._now()
         for raw in raws:
-            if raw in have or raw == self._record_raw:
-                continue
+            held = members.get(proto.claimed_sender(raw))
+            if (held is not None and held.record_raw == raw) or raw == self._record_raw:
+                continue  # these exact bytes were verified when we took them
             try:
                 env = self._decode(raw)
                 if env.topic != proto.TOPIC_RECORDS or env.kind != "pub":
@@ -440,5 +536,149 @@ class MeshBase:
             except proto.Rejected as exc:
                 self.gate.count(exc)
                 continue
+            if self.admission is not None and not self._admit_credential(env.sender, rec.get("credential")):
+                continue
             self.membership.learned(env.sender, rec, raw, rec["seq"], now)
         return known
+
+    # --- membership (see the module docstring) ------------------------------------------------
+
+    def _member(self, peer_id: str) -> bool:
+        return (self.admission is None or peer_id == self.peer_id  # our own messages come back too
+                or self.admission.member(peer_id, self._wall()))
+
+    def _needs_hello(self, peer_id: str) -> bool:
+        """Before a probe: unless both sides hold each other's credential already. (A member
+        known from its record may not know us yet, and would drop what we send.)"""
+        return self.admission is not None and (peer_id not in self._greeted or not self._member(peer_id))
+
+    def _admit_credential(self, peer_id: str, wire) -> bool:
+        """Verify a credential found in a record; False (counted) when it does not admit."""
+        try:
+            self.admission.admit(peer_id, wire, self._wall())
+            return True
+        except cr.Invalid as exc:
+            self.gate.count(NonMember(f"record of {peer_id}: {exc}"))
+            return False
+
+    def _hello_payload(self) -> dict:
+        return {"credential": self.admission.own_wire(), "revocations": self.admission.revocations.wire()}
+
+    async def _hello(self, peer_id: str) -> bool:
+        """Exchange credentials with a peer not yet known as a member; True when it is one now."""
+        if self.admission is None:
+            return True
+        if self.admission.own is None:
+            return False  # we belong to no mesh: nobody to talk to (a lapsed credential still
+            # says hello, so that the other side's refusal tells this peer's log why)
+        try:
+            reply = await self.request(peer_id, proto.PROTO_HELLO, self._hello_payload(), self.timings.dead_after)
+        except RemoteError as exc:
+            log.info("%s refused our credential: %s", peer_id, exc.reason)
+            return False
+        except PeerUnreachable as exc:
+            log.debug("hello to %s failed: %s", peer_id, exc)
+            return False
+        self._offer_revocations(reply.get("revocations"), peer_id)
+        try:
+            self.admission.admit(peer_id, reply.get("credential"), self._wall())
+        except cr.Invalid as exc:
+            self._refuse(peer_id, exc)
+            return False
+        self._greeted.add(peer_id)
+        return True
+
+    async def _handle_hello(self, env: proto.Envelope) -> dict:
+        payload = env.payload
+        self._offer_revocations(payload.get("revocations"), env.sender)
+        try:
+            self.admission.admit(env.sender, payload.get("credential"), self._wall())
+        except cr.Invalid as exc:
+            self._refuse(env.sender, exc)
+            raise
+        self._greeted.add(env.sender)
+        return self._hello_payload()
+
+    def _refuse(self, peer_id: str, why) -> None:
+        """A peer without a valid credential: count it, and close its connection (after a moment,
+        so that the reply saying why still leaves)."""
+        self.counters["refusedPeers"] += 1
+        log.info("refused peer %s: %s", peer_id, why)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect_later, peer_id, 0.5)
+
+    async def _disconnect_later(self, peer_id: str, delay: float) -> None:
+        await trio.sleep(delay)
+        if not self._member(peer_id):
+            await self._disconnect(peer_id)
+
+    async def _disconnect(self, peer_id: str) -> None:
+        """Close every connection to a peer that is not (or no longer) a member."""
+        self._greeted.discard(peer_id)
+        await self._drop(peer_id)
+
+    def _expel(self, peers: list[str], why: str) -> None:
+        """Members that stopped being members (revoked, expired): out of the view, disconnected."""
+        for pid in peers:
+            log.info("expelled %s: %s", pid, why)
+            self._emit(self.membership.forget(pid))
+            if self._nursery is not None:
+                self._nursery.start_soon(self._disconnect, pid)
+
+    def _offer_revocations(self, wire, source: str) -> None:
+        if self.admission is None or wire is None:
+            return
+        try:
+            gone = self.admission.offer_revocations(wire)
+        except cr.Invalid as exc:
+            self.gate.count(NonMember(f"revocation list from {source}: {exc}"))
+            return
+        if gone is None:
+            return
+        log.info("revocation list version %d from %s", self.admission.revocations.version, source)
+        self.on_revocations(self.admission.revocations)
+        self._expel(gone, "revoked")
+
+    async def publish_revocations(self, rl: cr.RevocationList) -> None:
+        """Adopt a list this peer just signed (Revoke) and spread it."""
+        self._expel(self.admission.apply_revocations(rl), "revoked")
+        if self.running:
+            await self.publish(proto.TOPIC_MEMBERSHIP, {"revocations": rl.wire()})
+
+    def membership_changed(self) -> None:
+        """This peer joined a mesh or got a new credential: republish the record (it carries the
+        credential) and say hello to the bootstrap peers at once."""
+        if self._record_changed is not None:
+            self._record_changed.set()
+        if self._nursery is not None:
+            for pid, _ in self.bootstrap:
+                if pid != self.peer_id and not self._member(pid) and pid not in self._probing:
+                    self._probing.add(pid)
+                    self._nursery.start_soon(self._probe_one, pid)
+
+    def add_contacts(self, addresses: list[str]) -> None:
+        """Multiaddrs ending in /p2p/<id> (from an invitation) become bootstrap peers."""
+        by_peer: dict[str, list[str]] = {}
+        for a in addresses:
+            _, sep, pid = a.partition("/p2p/")
+            pid = pid.strip("/")
+            if sep and pid and pid != self.peer_id:
+                by_peer.setdefault(pid, []).append(a)
+        known = {pid for pid, _ in self.bootstrap}
+        self.bootstrap += [(pid, addrs) for pid, addrs in by_peer.items() if pid not in known]
+
+    async def open_up(self, listen: list[str], mdns_name: str | None) -> None:
+        """Now a member of a mesh: listen on `listen` too, and look for peers by mDNS (libp2p)."""
+
+    async def _admission_loop(self) -> None:
+        """Members whose credential expired are expelled; a lapse of our own is logged."""
+        was_ready = None
+        while True:
+            wall = self._wall()
+            self._expel(self.admission.sweep(wall), "credential expired")
+            state = self.admission.own_state(wall)
+            if (state is None) != was_ready:
+                was_ready = state is None
+                if state is not None and self.admission.mesh is not None:
+                    log.warning("this peer's mesh credential is not valid (%s): no peer will accept it", state)
+            await trio.sleep(self.ADMISSION_INTERVAL)

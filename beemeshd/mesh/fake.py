@@ -12,8 +12,12 @@ The network models, per message, a latency (+ uniform jitter), and:
 - death: `kill(peer)` (or `mesh.kill()`) cancels that peer's `run`; dialling it is refused at once;
   `nursery.start(mesh.run)` brings it back with the same id (and an empty view, like a restart).
 Gossip goes, after its latency, to every peer reachable from the sender that has joined the mesh
-(completed a probe or request with someone) — a flood over the reachable component, not a
-GossipSub overlay (no multi-hop relaying, no mesh degree).
+(completed a probe or request with someone) — a flood over the reachable component. With
+`degree=D` it travels a GossipSub-like overlay instead: every joined peer keeps about D random
+neighbours (topped up from the joined peers when some die or sit across a partition, at most 2·D,
+links both ways), and a peer that accepts a message it had not seen forwards it to its neighbours
+after one hop's latency; the hop at which 99 % of the joined peers had each message is logged
+(`hop_log`), so a simulator can show that hops grow as log n.
 
 For 1,000+ peers: each signature is verified once per network (a shared cache of decoded
 envelopes, keyed by the exact bytes — freshness and replay checks stay per receiver), and a
@@ -23,7 +27,7 @@ peer's view entries are slotted (beemeshd.core.membership.Member).
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import asynccontextmanager
 
 import trio
@@ -34,8 +38,10 @@ from beemeshd.mesh.base import MeshBase
 
 
 class FakeNetwork:
+    HEARTBEAT = 1.0  # overlay maintenance, as GossipSub's heartbeat (simulated seconds)
+
     def __init__(self, *, latency: float = 0.002, jitter: float = 0.0, seed: int = 0,
-                 epoch: float = 1_700_000_000.0, verify_cache: int = 100_000):
+                 epoch: float = 1_700_000_000.0, verify_cache: int = 100_000, degree: int | None = None):
         self.latency, self.jitter = latency, jitter
         self.rng = random.Random(seed)
         self.epoch = epoch
@@ -45,10 +51,21 @@ class FakeNetwork:
         self._cache: OrderedDict[bytes, proto.Envelope] = OrderedDict()
         self._cache_limit = verify_cache
         self.messages = 0  # gossip deliveries, for simulators
+        # For simulators: messages by kind ("gossip <topic>" deliveries, "forward" overlay sends
+        # including duplicates, "request <protocol>", "reply", "probe"), and per overlay message
+        # (topic, hops until 99 % of the joined peers had it or None, share of them it reached).
+        self.counts: Counter[str] = Counter()
+        self.hop_log: list[tuple[str, int | None, float]] = []
+        self.degree = degree
+        self._neighbours: dict[str, list[str]] = {}
+        self._heartbeat = -1e9
+        self._ids: list[str] = []  # every peer ever added, to draw overlay neighbours from
 
     # --- topology -----------------------------------------------------------------------------
 
     def add(self, mesh: FakeMesh) -> None:
+        if mesh.peer_id not in self.peers:
+            self._ids.append(mesh.peer_id)
         self.peers[mesh.peer_id] = mesh
 
     def up(self, peer_id: str) -> bool:
@@ -66,6 +83,7 @@ class FakeNetwork:
 
     def heal(self) -> None:
         self._group = None
+        self._neighbours.clear()  # each side's overlay is whole on its own: it re-forms across both
 
     def kill(self, peer_id: str) -> None:
         self.peers[peer_id].kill()
@@ -92,6 +110,9 @@ class FakeNetwork:
         sender._gossip_in(topic, raw)  # own subscribers hear it at once, as with libp2p
         if sender.peer_id not in self.joined:
             return
+        if self.degree:
+            sender._nursery.start_soon(self._spread, sender.peer_id, topic, raw)
+            return
         targets = [(self.delay(), pid) for pid in self.joined
                    if pid != sender.peer_id and self.reachable(sender.peer_id, pid)]
         if targets:
@@ -105,7 +126,71 @@ class FakeNetwork:
                 elapsed = delay
             if self.same_side(src, pid) and self.up(pid):
                 self.messages += 1
+                self.counts["gossip " + topic] += 1
                 self.peers[pid]._gossip_in(topic, raw)
+
+    # --- the overlay (degree=D) ---------------------------------------------------------------
+
+    def neighbours(self, pid: str) -> list[str]:
+        """pid's live overlay neighbours on its side of any partition, topped up to `degree`
+        with random joined peers (GossipSub grafts at its heartbeat; here when asked)."""
+        mine = self._neighbours.setdefault(pid, [])
+        joined = self.joined
+        if len(mine) >= self.degree and self._group is None and all(q in joined for q in mine):
+            return mine  # the usual case, checked cheaply: it runs for every peer a message reaches
+        live = [q for q in mine if q in joined and self.same_side(pid, q)]
+        if len(live) < len(mine):
+            mine[:] = live
+        tries = 4 * self.degree
+        while len(mine) < self.degree and tries and len(self.joined) > len(mine) + 1:
+            tries -= 1
+            q = self._ids[self.rng.randrange(len(self._ids))]
+            if q == pid or q in mine or q not in self.joined or not self.same_side(pid, q):
+                continue
+            theirs = self._neighbours.setdefault(q, [])
+            if len(theirs) >= 2 * self.degree:
+                continue
+            mine.append(q)
+            theirs.append(pid)  # links go both ways, as GossipSub's GRAFT
+        return mine
+
+    async def _spread(self, src: str, topic: str, raw: bytes) -> None:
+        """Hop by hop: every peer that accepted the message forwards it to its neighbours except
+        the one it came from; the first copy is delivered, duplicates only counted."""
+        now = trio.current_time()
+        if now - self._heartbeat >= self.HEARTBEAT:  # every mesh repairs itself (GossipSub's heartbeat)
+            self._heartbeat = now
+            for pid in list(self.joined):
+                self.neighbours(pid)
+        else:  # newcomers graft their own mesh at once
+            for pid in self.joined - self._neighbours.keys():
+                self.neighbours(pid)
+        target = sum(1 for pid in self.joined if self.same_side(src, pid))
+        have, frontier = {src}, [(src, None)]
+        reached, hops, hops99 = 1, 0, None
+        while frontier:
+            sends = []
+            for pid, came_from in frontier:
+                for q in self.neighbours(pid):
+                    if q != came_from:
+                        sends.append((pid, q))
+            self.counts["forward"] += len(sends)
+            await trio.sleep(self.delay())
+            hops += 1
+            frontier = []
+            joined, whole = self.joined, self._group is None
+            for pid, q in sends:
+                if q in have or q not in joined or not (whole or self.same_side(pid, q)):
+                    continue
+                have.add(q)
+                self.messages += 1
+                self.counts["gossip " + topic] += 1
+                if self.peers[q]._gossip_in(topic, raw):  # only what it accepted travels on
+                    frontier.append((q, pid))
+                    reached += 1
+            if hops99 is None and reached >= 0.99 * target:
+                hops99 = hops
+        self.hop_log.append((topic, hops99, reached / max(target, 1)))
 
     def inject(self, peer_id: str, topic: str, raw: bytes) -> None:
         """Test hook: hand `raw` to a peer as if gossip had brought it."""
@@ -124,12 +209,14 @@ class FakeNetwork:
         return self.peers[dst]
 
     async def probe(self, src: str, dst: str) -> bool:
+        self.counts["probe"] += 1
         await self._reach(src, dst)
         await self._reach(dst, src)
         self.joined.update((src, dst))
         return True
 
     async def exchange(self, src: str, dst: str, protocol: str, raw: bytes) -> bytes:
+        self.counts["request " + protocol] += 1
         target = await self._reach(src, dst)
         result: list[bytes | None] = []
         done = trio.Event()
@@ -144,6 +231,7 @@ class FakeNetwork:
         await done.wait()
         if not result or result[0] is None:
             raise ConnectionResetError(f"{dst} reset the {protocol} stream")
+        self.counts["reply"] += 1
         await self._reach(dst, src)
         self.joined.update((src, dst))
         return result[0]
@@ -175,7 +263,8 @@ class FakeMesh(MeshBase):
             self._scope.cancel()
         self.network.joined.discard(self.peer_id)
         self._nursery = None
-        self.membership = Membership(self.peer_id, self.timings)
+        self.membership = Membership(self.peer_id, self.timings, rng=self.rng)
+        self._greeted.clear()  # a restarted peer has said hello to nobody
 
     @asynccontextmanager
     async def _open_transport(self):
@@ -184,12 +273,15 @@ class FakeMesh(MeshBase):
         finally:
             self.network.joined.discard(self.peer_id)
 
-    def _gossip_in(self, topic: str, raw: bytes) -> None:
+    def _gossip_in(self, topic: str, raw: bytes) -> bool:
+        """Take a gossip message; True when accepted (the overlay forwards only those)."""
         if self._nursery is None:
-            return
+            return False
         env = self._admit(topic, raw, decoded=self.network.cached(raw))
-        if env is not None:
-            self._dispatch(env)
+        if env is None:
+            return False
+        self._dispatch(env)
+        return True
 
     def _decode(self, raw: bytes) -> proto.Envelope:
         return self.network.cached(raw) or proto.decode(raw)
@@ -206,14 +298,21 @@ class FakeMesh(MeshBase):
         simulated peers can afford)."""
         while True:
             now = self._now()
-            self._emit(self.membership.tick(now))
+            self._tick(now)
             targets = self.membership.probe_targets(now)
+            if self.admission is not None:  # peers not greeted yet: a hello first (MeshBase._probe_one)
+                for pid in [t for t in targets if self._needs_hello(t)]:
+                    targets.remove(pid)
+                    if pid not in self._probing:
+                        self._probing.add(pid)
+                        self._nursery.start_soon(self._probe_one, pid)
             if targets:
                 self._nursery.start_soon(self._probe_round, targets)
             await trio.sleep(self.timings.ping_interval)
 
     async def _probe_round(self, targets: list[str]) -> None:
         net, me = self.network, self.peer_id
+        net.counts["probe"] += len(targets)
         up = [pid for pid in targets if net.reachable(me, pid)]
         await trio.sleep(2 * net.delay())
         for pid in up:

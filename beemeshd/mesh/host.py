@@ -22,8 +22,12 @@ Transport choices, each for a reason found the hard way with py-libp2p 0.8 (shar
   cache would let a re-sent message skip the gate after its seen-cache forgot it.
 - Kademlia (server mode): the routing table is filled explicitly with uptime-weighted contacts
   after peers join — a bootstrap node does not add inbound peers by itself.
-- mDNS only for a named mesh, under a service name derived from that name, so unrelated meshes
-  (and unnamed, loopback-only daemons) never merge.
+- mDNS only for a mesh this peer belongs to (service name derived from the mesh id), or an open
+  mesh named in the settings, so unrelated meshes (and loopback-only daemons) never merge.
+- Membership (MeshBase): every new connection is vetted. A member says hello at once; if a peer
+  has not become a member VET_DELAY s after connecting, we say hello ourselves, and refuse and
+  disconnect it if that fails. A joiner redeeming a token is a member by then. Gossip forwarded by
+  a non-member is dropped in the validator before its signature is checked.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ from contextlib import asynccontextmanager
 
 import multiaddr
 import trio
-from libp2p import new_host
+
+from beemeshd.mesh.lean_import import import_libp2p
+
+import_libp2p()  # first, so that QUIC, WebSocket, AutoTLS and UPnP stay out (≈ 7 MB)
+from libp2p import new_host  # noqa: E402
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
@@ -50,6 +58,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE, Transport as Noise
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX, Yamux
+from libp2p.abc import INotifee
 from libp2p.tools.anyio_service import background_trio_service
 
 from beemeshd.core import protocol as proto
@@ -82,7 +91,34 @@ def split_addr(addr: str) -> tuple[str | None, str]:
     return (pid.strip("/") or None) if sep else None, head
 
 
+class _Connections(INotifee):
+    """Tells the mesh about new and closed connections (libp2p calls these inline: be quick)."""
+
+    def __init__(self, mesh: "LibP2PMesh"):
+        self.mesh = mesh
+
+    async def connected(self, network, conn) -> None:
+        self.mesh._connected(conn.muxed_conn.peer_id.to_base58())
+
+    async def disconnected(self, network, conn) -> None:
+        self.mesh._disconnected(conn.muxed_conn.peer_id)
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def listen(self, network, multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network, multiaddr) -> None:
+        pass
+
+
 class LibP2PMesh(MeshBase):
+    VET_DELAY = 1.0  # a member's own hello normally arrives within milliseconds of connecting
+
     def __init__(self, seed: bytes, *, listen: list[str], bootstrap: list[str] = (),
                  mdns_name: str | None = None, heartbeat: float = 0.5, **kw):
         boot = []
@@ -125,12 +161,19 @@ class LibP2PMesh(MeshBase):
         self._pings: dict[str, object] = {}
         self._in_table: set[str] = set()
         self._token: trio.lowlevel.TrioToken | None = None
+        self._mdns = None
+        self._hide_loopback = False  # listening on real addresses too: do not advertise 127.x
+        if self.admission is not None:
+            self.host.get_network().register_notifee(_Connections(self))
 
     def addresses(self) -> list[str]:
         try:
-            return [str(a) for a in self.host.get_addrs()]
+            addrs = [str(a) for a in self.host.get_addrs()]
         except Exception:  # not listening yet
             return []
+        if self._hide_loopback:
+            addrs = [a for a in addrs if not a.startswith("/ip4/127.")] or addrs
+        return addrs
 
     # --- transport ----------------------------------------------------------------------------
 
@@ -149,19 +192,17 @@ class LibP2PMesh(MeshBase):
                         self.pubsub.set_topic_validator(topic, self._validator, False)
                         nursery.start_soon(self._drain, await self.pubsub.subscribe(topic))
                     async with background_trio_service(self.dht):
-                        mdns = self._start_mdns()
+                        self._start_mdns()
                         nursery.start_soon(self._dht_loop)
                         try:
                             yield
                         finally:
                             nursery.cancel_scope.cancel()
-                            if mdns is not None:
-                                peerDiscovery.unregister_peer_discovered_handler(self._discovered)
-                                mdns.stop()
+                            self._stop_mdns()
 
-    def _start_mdns(self):
-        if not self.mdns_name:
-            return None
+    def _start_mdns(self) -> None:
+        if not self.mdns_name or self._mdns is not None:
+            return
         from libp2p.discovery.mdns.mdns import create_mdns_discovery
 
         # DNS-SD service names are at most 15 bytes: "p2p-" + 10 hex digits of the mesh name.
@@ -171,7 +212,27 @@ class LibP2PMesh(MeshBase):
                                      private_network_fingerprint=fingerprint)
         peerDiscovery.register_peer_discovered_handler(self._discovered)
         mdns.start()
-        return mdns
+        self._mdns = mdns
+
+    def _stop_mdns(self) -> None:
+        if self._mdns is not None:
+            peerDiscovery.unregister_peer_discovered_handler(self._discovered)
+            self._mdns.stop()
+            self._mdns = None
+
+    async def open_up(self, listen: list[str], mdns_name: str | None) -> None:
+        """Joined a mesh while running (listening on loopback only): listen on `listen` as well,
+        without dropping a connection, and start mDNS under the mesh's name."""
+        new = [multiaddr.Multiaddr(a) for a in listen if a not in {str(x) for x in self.listen}]
+        if new and self.running:
+            if await self.host.get_network().listen(*new):
+                self.listen += new
+                self._hide_loopback = any(not str(a).startswith("/ip4/127.") for a in new)
+                log.info("mesh now also listens on %s", ", ".join(self.addresses()))
+        if mdns_name and mdns_name != self.mdns_name and self.running:
+            self._stop_mdns()
+            self.mdns_name = mdns_name
+            self._start_mdns()
 
     def _discovered(self, info: PeerInfo) -> None:
         """mDNS found a peer (called from zeroconf's thread): probe it like a bootstrap peer."""
@@ -193,7 +254,8 @@ class LibP2PMesh(MeshBase):
         if len(msg.topicIDs) != 1:
             self.gate.count(proto.Malformed("gossip message for several topics"))
             return False
-        env = self._admit(msg.topicIDs[0], msg.data)
+        env = self._admit(msg.topicIDs[0], msg.data,
+                          forwarder=forwarder.to_base58() if self.admission is not None else None)
         if env is None:
             return False
         self._dispatch(env)
@@ -233,6 +295,10 @@ class LibP2PMesh(MeshBase):
 
     async def _serve_ping(self, stream) -> None:
         pid = stream.muxed_conn.peer_id.to_base58()
+        if not self._member(pid):  # liveness is for members only
+            with trio.move_on_after(0.5):
+                await stream.reset()
+            return
         try:
             while True:
                 with trio.fail_after(max(10.0, 3 * self.timings.dead_after)):  # idle pingers go away
@@ -282,6 +348,30 @@ class LibP2PMesh(MeshBase):
             log.debug("%s stream from %s: %r", protocol, remote, exc)
             with trio.move_on_after(0.5):
                 await stream.reset()
+
+    # --- membership -------------------------------------------------------------------------------
+
+    def _connected(self, peer_id: str) -> None:
+        if self._nursery is not None and not (self._member(peer_id) and peer_id in self._greeted):
+            self._nursery.start_soon(self._vet, peer_id)
+
+    def _disconnected(self, pid: ID) -> None:
+        if not self.host.get_network().connections.get(pid):
+            self._greeted.discard(pid.to_base58())  # a new connection may reach a restarted peer
+
+    async def _vet(self, peer_id: str) -> None:
+        """A new connection: keep it only if the peer proves it is a member (module docstring)."""
+        await trio.sleep(self.VET_DELAY)
+        pid = ID.from_base58(peer_id)
+        if not self.host.get_network().connections.get(pid):
+            return
+        if self._member(peer_id) and peer_id in self._greeted:
+            return
+        refused = self.counters["refusedPeers"]
+        if await self._hello(peer_id) or self.counters["refusedPeers"] != refused:
+            return  # a member after all, or refused for the credential it showed
+        if not self._member(peer_id) and self.host.get_network().connections.get(pid):
+            self._refuse(peer_id, "no valid credential for this mesh")
 
     async def _drop(self, peer_id: str) -> None:
         self._pings.pop(peer_id, None)

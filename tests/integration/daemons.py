@@ -193,3 +193,40 @@ def labelled_pods(node: PodmanNode) -> list[dict]:
     """BeeMesh's pods in a node's Podman store, as `podman pod ps` shows them."""
     p = node.podman("pod", "ps", "--filter", "label=io.beemesh.managed=true", "--format", "json")
     return json.loads(p.stdout or "[]")
+
+
+class TestMesh:
+    """A mesh for test daemons, written to their directories before they start: what `beemeshctl
+    mesh init` on one peer and `mesh invite --peer` + `mesh join` on the others leave behind.
+    Daemons without it belong to no mesh and refuse every peer (the secure default)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, name: str = "test"):
+        from nacl.signing import SigningKey
+
+        from beemeshd.mesh_keys import MeshKeys
+
+        seed = os.urandom(32)
+        self.keys = MeshKeys(name, bytes(SigningKey(seed).verify_key), seed)
+
+    def admit(self, d: Daemon, *, holds_key: bool = False, ttl: float = 86400.0, issued: float | None = None,
+              signer=None) -> str:
+        """Give `d` an identity and a credential of this mesh (signed by `signer`, default the
+        mesh key: another key makes a forged one); its peer id. A daemon that has one keeps it."""
+        from beemeshd import identity, mesh_keys
+        from beemeshd.core import credentials as cr
+        from beemeshd.credential_store import MembershipFiles, write_private
+
+        state, config = d.home / "state", d.home / "config"
+        peer_id = identity.load_or_create(state).peer_id
+        files = MembershipFiles(state)
+        if files.load_credential()[0] is None:
+            mesh_keys.save_public(config, self.keys.name, self.keys.public)
+            if holds_key:
+                write_private(mesh_keys.mesh_dir(config) / mesh_keys.KEY_FILE, self.keys.seed)
+            issued = time.time() if issued is None else issued
+            files.save_credential(cr.issue(signer or self.keys, peer_id, issued, ttl), [])
+        for top in (state, config):
+            subprocess.run(["chown", "-R", f"{d.user.uid}:{d.user.gid}", str(top)], check=True)
+        return peer_id

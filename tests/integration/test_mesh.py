@@ -2,7 +2,9 @@
 
 Daemons use no Podman (an endpoint that refuses at once) and no mDNS unless a test is about mDNS,
 so that nothing but the mesh varies. Network traffic stays on loopback or inside network
-namespaces this module creates (and deletes).
+namespaces this module creates (and deletes). Every daemon gets a credential of one test mesh
+before it starts (TestMesh), so membership is enforced here as in production; listening is
+pinned to loopback (a member would otherwise listen on every address).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import pytest
 import trio
 
 from tests.conftest import VARLINKCTL, User
-from tests.integration.daemons import Daemon
+from tests.integration.daemons import Daemon, TestMesh
 
-MESH = {"mesh_mdns": False, "podman_endpoint": "tcp://127.0.0.1:9", "log_level": "info"}
+MESH = {"mesh_mdns": False, "podman_endpoint": "tcp://127.0.0.1:9", "log_level": "info",
+        "mesh_listen": ["/ip4/127.0.0.1/tcp/0"]}
 
 
 def info(d: Daemon) -> dict:
@@ -54,12 +57,14 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.1) -> float:
 class Pool:
     """Daemons a test started; all stopped (and their directories removed) at teardown."""
 
-    def __init__(self, user: User):
+    def __init__(self, user: User, mesh: TestMesh | None = None):
         self.user = user
+        self.mesh = mesh or TestMesh()
         self.daemons: list[Daemon] = []
 
     def start(self, extra: dict | None = None, *, home=None, user: User | None = None) -> Daemon:
         d = Daemon(user or self.user, home or self.user.tempdir(), {**MESH, **(extra or {})})
+        self.mesh.admit(d)
         self.daemons.append(d)
         return d.start(timeout=30)
 
@@ -96,7 +101,7 @@ def five(user, varlinkctl):
     try:
         first = pool.start()
         boot = mesh_address(first)
-        assert boot.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in boot  # unnamed: loopback only
+        assert boot.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in boot
         t0 = time.monotonic()
         ds = [first] + [pool.start({"mesh_bootstrap": [boot]}) for _ in range(4)]
         ids = [info(d)["peerId"] for d in ds]
@@ -136,7 +141,8 @@ class Injector:
     pubsub: object
 
 
-async def _bare_host(nursery, seed: bytes) -> Injector:
+async def _bare_host(nursery, seed: bytes, rate: float = 10.0) -> Injector:
+    """`rate`: messages per second and topic its GossipSub lets through (its own included)."""
     import multiaddr
     from libp2p import new_host
     from libp2p.crypto.ed25519 import Ed25519PrivateKey
@@ -156,7 +162,7 @@ async def _bare_host(nursery, seed: bytes) -> Injector:
                     muxer_opt={YAMUX: Yamux}, connection_config=ConnectionConfig(max_connections_per_peer=1),
                     listen_addrs=listen)
     gossip = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=0.5,
-                       adaptive_gossip_enabled=False)
+                       adaptive_gossip_enabled=False, max_messages_per_topic_per_second=rate)
     pubsub = Pubsub(host, gossip)
 
     async def serve(task_status=trio.TASK_STATUS_IGNORED):
@@ -169,22 +175,47 @@ async def _bare_host(nursery, seed: bytes) -> Injector:
     return Injector(host, pubsub)
 
 
+async def hello(inj: Injector, signer, target: str, credential) -> dict:
+    """Say hello (/beemesh/hello/1) from a bare host, showing `credential` (or None); the reply's
+    `ok` payload, or {} when refused or reset."""
+    from libp2p.io.utils import read_exactly
+    from libp2p.peer.id import ID
+
+    from beemeshd.core import protocol as proto
+
+    raw = signer.seal(proto.PROTO_HELLO, "req", {"credential": credential.wire() if credential else None,
+                                                  "revocations": None}, time.time())
+    try:
+        stream = await inj.host.new_stream(ID.from_base58(target), [proto.PROTO_HELLO])
+        await stream.write(len(raw).to_bytes(4, "big") + raw)
+        with trio.fail_after(5):
+            size = int.from_bytes(await read_exactly(stream, 4), "big")
+            reply = proto.decode(await read_exactly(stream, size)).payload
+    except Exception:
+        return {}
+    return reply.get("ok") or {}
+
+
 async def test_forged_stale_replayed_and_garbage_messages_are_dropped_and_counted(five):
     from libp2p.io.utils import read_exactly
     from libp2p.peer.id import ID
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
+    from beemeshd.core import credentials as cr
     from beemeshd.core import protocol as proto
 
-    _, ds, ids = five
+    pool, ds, ids = five
     target = ds[0]
     before = (await trio.to_thread.run_sync(info, target))["counters"]
     boot = (await trio.to_thread.run_sync(info, target))["meshAddresses"][0]
     seed = os.urandom(32)
     signer = proto.Signer(seed)
+    credential = cr.issue(pool.mesh.keys, signer.peer_id, time.time(), 600)
     async with trio.open_nursery() as nursery:
         inj = await _bare_host(nursery, seed)
         await inj.host.connect(info_from_p2p_addr(__import__("multiaddr").Multiaddr(boot)))
+        # a member (it shows a valid credential) that sends bad messages
+        assert "credential" in await hello(inj, signer, ids[0], credential)
         await inj.pubsub.subscribe(proto.TOPIC_TASKS)
         with trio.fail_after(10):  # the target's subscriptions reached us: it will take our publishes
             while ID.from_base58(ids[0]) not in inj.pubsub.peer_topics.get(proto.TOPIC_TASKS, ()):
@@ -337,14 +368,14 @@ def test_partition_in_namespaces_and_heal(two_namespaces, pool):
 
 
 def test_mdns_finds_peers_of_a_named_mesh(two_namespaces, pool):
-    """No bootstrap: two daemons of the same named mesh, one per namespace, find each other by
-    mDNS over the veth (the only place this suite lets multicast go)."""
+    """No bootstrap: two daemons of the same mesh, one per namespace, find each other by mDNS over
+    the veth (the only place this suite lets multicast go)."""
     net = two_namespaces
-    name = {"mesh_name": f"bm-test-{os.getpid()}", "mesh_mdns": True}
+    name = {"mesh_listen": [], "mesh_mdns": True}  # members: every address, mDNS under the mesh id
     a = pool.start(name, user=net.users[0])
     b = pool.start(name, user=net.users[1])
     ia, ib = info(a), info(b)
-    # named: it listens on the namespace's own address (no loopback), found by mDNS
+    # a member: it listens on the namespace's own address (no loopback), found by mDNS
     assert all(f"/ip4/{net.addrs[0]}/tcp/" in x for x in ia["meshAddresses"]), ia["meshAddresses"]
     took = wait_for(lambda: states(a).get(ib["peerId"]) == "alive" and states(b).get(ia["peerId"]) == "alive",
                     20, "mDNS discovery")

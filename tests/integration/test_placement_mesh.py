@@ -7,20 +7,23 @@ import time
 
 import pytest
 
-from tests.integration.daemons import PodmanNode, free_port, labelled_pods, wait_for
+from tests.integration.daemons import PodmanNode, TestMesh, free_port, labelled_pods, wait_for
 from tests.integration.test_runtime_daemon import web
 
 
 @pytest.fixture
 def trio_of_nodes(user, varlinkctl):
     nodes = []
+    mesh = TestMesh()  # credentials for all three (membership is enforced), listening on loopback
     try:
         for i in range(3):
             home = user.tempdir()
-            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False}
+            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False,
+                   "mesh_listen": ["/ip4/127.0.0.1/tcp/0"]}
             if nodes:
                 cfg["mesh_bootstrap"] = nodes[0].call("GetInfo").json["info"]["meshAddresses"]
             n = PodmanNode(user, home, cfg).prepare()
+            mesh.admit(n)
             n.start()
             nodes.append(n)
         for n in nodes:

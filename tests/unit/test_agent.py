@@ -145,3 +145,27 @@ async def test_watch_sees_lifecycle_events(env, autojump_clock):
             seen.append((item["event"]["type"], item["event"].get("replica")))
     assert seen[0] == ("Added", None)
     assert ("ReplicaReady", "web-0") in seen
+
+
+class SlowListRuntime(FakeRuntime):
+    """Once a pod is created, listing pods hangs (a Podman that is slow to list)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.hold = False
+
+    async def list_pods(self, labels=None):
+        if self.hold:
+            await trio.sleep_forever()
+        return await super().list_pods(labels)
+
+    async def create_pod(self, spec):
+        pod = await super().create_pod(spec)
+        self.hold = True
+        return pod
+
+
+async def test_deploy_wait_is_answered_from_the_created_pod_without_listing_again(tmp_path, nursery, autojump_clock):
+    env = await Env(tmp_path, nursery, SlowListRuntime(now=trio.current_time)).start()
+    [w] = await env.deploy(manifest(replicas=1, probe=False), timeout=5)
+    assert w["readyReplicas"] == 1 and [r["state"] for r in w["replicaStatus"]] == ["ready"]

@@ -69,7 +69,8 @@ INFO = {
     "meshAddresses": ["/ip4/10.0.0.1/tcp/4001"], "peersAlive": 1, "peersSuspect": 0, "peersDead": 0,
     "workloads": 2, "localReplicas": 1,
     "counters": {k: 0 for k in ("forgedMessages", "staleMessages", "replayedMessages", "malformedMessages",
-                                "refusedPeers", "badConnections")},
+                                "refusedPeers", "nonMemberMessages", "badConnections", "forgedPolicies",
+                                "stalePolicies", "consensusRejected")},
 }
 
 EVENTS = [

@@ -62,7 +62,8 @@ def _info():
         "meshAddresses": [], "peersAlive": 0, "peersSuspect": 0, "peersDead": 0, "workloads": 0,
         "localReplicas": 0,
         "counters": {k: 0 for k in ("forgedMessages", "staleMessages", "replayedMessages",
-                                    "malformedMessages", "refusedPeers", "badConnections")},
+                                    "malformedMessages", "refusedPeers", "nonMemberMessages", "badConnections",
+                                    "forgedPolicies", "stalePolicies", "consensusRejected")},
     }
 
 

@@ -1,0 +1,309 @@
+"""Raft groups (pysyncobj behind beemeshd.consensus) over the in-memory wire, virtual time; and
+the consensus path's defences: crafted frames, pickles, terms and senders are refused, counted,
+and nothing they name is executed."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import random
+
+import pytest
+import trio
+
+from beemeshd.consensus import Driver, ProposalFailed, RaftGroup, RaftTiming, codec
+from beemeshd.consensus import clock as raft_clock
+from beemeshd.consensus.wire import MemoryNet, MemoryWire
+
+EXECUTED: list = []
+
+
+def pwned(*args):  # what a crafted pickle tries to call
+    EXECUTED.append(args)
+
+
+class Evil:
+    def __init__(self, fn=pwned, args=("pwned",)):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+class Counter:
+    """A tiny state machine: ("add", n) commands; followers may forward only their own peer's."""
+
+    def __init__(self):
+        self.applied_log, self.roles, self.leaders = [], [], []
+
+    def initial_state(self):
+        return {"n": 0, "by": []}
+
+    def apply(self, state, cmd, index):
+        state["n"] += cmd[1]
+        state["by"].append(cmd[2])
+        return state["n"]
+
+    def check(self, cmd):
+        if type(cmd) is not tuple or len(cmd) != 3 or cmd[0] != "add" or type(cmd[1]) is not int:
+            raise ValueError("not an add")
+        return cmd
+
+    def may_forward(self, cmd, peer):
+        return cmd[2] == peer
+
+    def applied(self, cmd, result, index):
+        self.applied_log.append((index, cmd, result))
+
+    def role_changed(self, leader):
+        self.roles.append(leader)
+
+    def leader_changed(self, leader, term):
+        self.leaders.append((leader, term))
+
+
+async def until(cond, timeout=10.0, step=0.01):
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(step)
+
+
+class Cluster:
+    def __init__(self, nursery, n=3, timing=RaftTiming(), seed=1, peers=None):
+        self.nursery = nursery
+        self.net = MemoryNet(latency=0.002, rng=random.Random(seed))
+        self.timing = timing
+        self.rng = random.Random(seed)
+        self.drivers = {}
+        for p in peers or [chr(ord("a") + i) for i in range(n)]:
+            self.add_driver(p)
+        self.groups = {}
+
+    def add_driver(self, peer):
+        d = Driver(MemoryWire(self.net, peer), tick=self.timing.tick, clock=trio.current_time,
+                   rng=random.Random(self.rng.random()), incarnation=f"i{len(self.drivers)}")
+        self.drivers[peer] = d
+        return d
+
+    async def start(self):
+        for d in self.drivers.values():
+            await self.nursery.start(d.run)
+
+    def found(self, gid="g", peers=None):
+        peers = peers or list(self.drivers)
+        ids = [self.drivers[p].node_id for p in peers]
+        for p in peers:
+            self.groups[(gid, p)] = RaftGroup(gid, self.drivers[p].node_id, ids, Counter(), self.drivers[p],
+                                              timing=self.timing)
+        return [self.groups[(gid, p)] for p in peers]
+
+    def leader(self, gid="g"):
+        ls = [g for (k, _), g in self.groups.items() if k == gid and g.is_leader and not g.closed]
+        return ls[0] if len(ls) == 1 else None
+
+
+@pytest.fixture
+async def cluster(nursery):
+    c = Cluster(nursery)
+    await c.start()
+    return c
+
+
+async def test_elects_commits_and_fails_over(cluster, autojump_clock):
+    gs = cluster.found()
+    t0 = trio.current_time()
+    await until(lambda: cluster.leader() is not None)
+    assert trio.current_time() - t0 < 1.0
+    follower = next(g for g in gs if not g.is_leader)
+    assert await follower.propose(("add", 5, follower.node_id.split("/")[0])) == 5
+    await until(lambda: all(g.state["n"] == 5 for g in gs))
+    old = cluster.leader()
+    cluster.net.down.add(old.node_id.split("/")[0])
+    t0 = trio.current_time()
+    await until(lambda: any(g.is_leader for g in gs if g is not old))
+    assert trio.current_time() - t0 < 1.0
+    new = next(g for g in gs if g.is_leader and g is not old)
+    assert new.term > old.term and True in new.machine.roles
+    assert await new.propose(("add", 2, "x")) == 7
+    # the cut-off old leader cannot commit anything
+    with pytest.raises(ProposalFailed):
+        await old.propose(("add", 100, "x"), timeout=1.0)
+    cluster.net.down.clear()
+    await until(lambda: all(g.state["n"] == 7 for g in gs) and not old.is_leader)
+    assert all(g.state["by"] == [follower.node_id.split("/")[0], "x"] for g in gs)
+
+
+async def test_members_join_and_leave_one_at_a_time(cluster, autojump_clock):
+    a, b, c = cluster.found(peers=["a", "b", "c"])
+    await until(lambda: cluster.leader() is not None)
+    leader = cluster.leader()
+    for i in range(30):
+        await leader.propose(("add", 1, "x"))
+    d_driver = cluster.add_driver("d")
+    await cluster.nursery.start(d_driver.run)
+    d = RaftGroup("g", d_driver.node_id, leader.members, Counter(), d_driver, timing=cluster.timing, passive=True)
+    await leader.add_member(d.node_id)
+    await until(lambda: d.state["n"] == 30)
+    assert d_driver.node_id in leader.members and len(leader.members) == 4
+    victim = next(g for g in (a, b, c) if g is not leader)
+    await leader.remove_member(victim.node_id)
+    victim.close()
+    assert victim.node_id not in leader.members
+    assert await d.propose(("add", 1, "d")) == 31
+
+
+async def test_a_member_far_behind_catches_up_from_a_plain_data_snapshot(nursery, autojump_clock):
+    timing = RaftTiming(compact_entries=20)
+    c = Cluster(nursery, timing=timing)
+    await c.start()
+    gs = c.found()
+    await until(lambda: c.leader() is not None)
+    leader = c.leader()
+    lagging = next(g for g in gs if g is not leader)
+    c.net.partition({lagging.node_id.split("/")[0]})
+    for _ in range(60):
+        await leader.propose(("add", 1, "x"))
+    await trio.sleep(1.0)  # compaction runs on a tick
+    assert leader._getRaftLogSize() < 30  # so the lagging member needs the snapshot
+    c.net.heal()
+    await until(lambda: lagging.state["n"] == 60)
+    assert sum(d.counters["consensusUnsafe"] + d.counters["consensusErrors"] for d in c.drivers.values()) == 0
+
+
+def test_safe_loads_builds_plain_data_and_refuses_everything_else(tmp_path):
+    plain = ({codec.PeerNode("a/1")}, (b"\x00\xff", 3, 1), ["x", None, 2.5, {"k": [1]}])
+    assert codec.safe_loads(pickle.dumps(plain, 2)) == plain
+    marker = tmp_path / "marker"
+    for payload in (Evil(), Evil(os.system, (f"touch {marker}",)), Evil(eval, ("1+1",)),
+                    Evil(__import__, ("os",)), Counter()):
+        with pytest.raises(pickle.UnpicklingError):
+            codec.safe_loads(pickle.dumps(payload, 2))
+    with pytest.raises(pickle.UnpicklingError):  # bytes spelled with another codec
+        codec.safe_loads(pickle.dumps(Evil(__import__("_codecs").encode, ("x", "rot13")), 2))
+    assert not marker.exists() and EXECUTED == []
+    # pysyncobj itself now decodes through it
+    import pysyncobj.pickle
+    assert pysyncobj.pickle.loads is codec.safe_loads
+
+
+@pytest.mark.parametrize("frame", [None, 5, "x", {"not": "a list"}, [["g", "a/i0"]], ["i", "1", []],
+                                   ["i", 1, [["g", "a/i0"]]], ["i", 1, [["g", "a/i0", "b/0", {"type": "x"}]]],
+                                   ["i", 2, [["g", "a/i0", "b/0", {"type": "append_entries", "term": 1,
+                                                                   "commit_index": 1, "prevLogIdx": 1,
+                                                                   "prevLogTerm": 0, "entries": [["%%", 1, 1]]}]]]])
+def test_bad_frames_are_counted_not_raised(frame):
+    d = Driver(MemoryWire(MemoryNet(), "b"), clock=lambda: 0.0)
+    d.register(type("G", (), {"group_id": "g", "node_id": "b/0", "otherNodes": {codec.PeerNode("a/i0")},
+                              "closed": False, "raftCurrentTerm": 0, "passive": False,
+                              "check_entry": lambda self, data: None, "check_forward": lambda self, d, p: None,
+                              "member_ids": lambda self: frozenset({"a/i0"})})())
+    d.receive("a", frame)
+    assert d.counters["consensusMalformed"] == 1
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff", b"[1,", b"[NaN]", b"[" * 100_000 + b"]" * 100_000,
+                                  b" " * (codec.MAX_FRAME + 1)])
+def test_undecodable_frames_are_rejected(data):
+    with pytest.raises(codec.Rejected):
+        codec.decode(data)
+
+
+def test_a_frame_overtaken_by_a_later_one_is_dropped_not_delivered():
+    """pysyncobj assumes FIFO links (TCP): an older append_entries delivered late would cut the
+    follower's log."""
+    d = Driver(MemoryWire(MemoryNet(), "b"), clock=lambda: 0.0)
+    d.receive("a", ["x", 2, []])
+    d.receive("a", ["x", 1, []])
+    d.receive("a", ["x", 2, []])
+    assert d.stats["framesOutOfOrder"] == 2
+    d.receive("a", ["y", 1, []])  # a restarted sender counts afresh
+    assert d.stats["framesOutOfOrder"] == 2
+
+
+def test_codec_round_trips_messages_with_bytes_as_base64():
+    v = ["i", 3, [["g", "a/0", "b/0", {"type": "append_entries", "term": 2, "commit_index": 5, "prevLogIdx": 4,
+                                       "prevLogTerm": 2, "entries": [(b"\x00\xff", 5, 2)]}]]]
+    wire = codec.decode(codec.encode([v[0], v[1], [[*v[2][0][:3], codec.for_wire(v[2][0][3])]]]))
+    msg = codec.check_message(wire[2][0][3], lambda data: None, lambda data: None)
+    assert msg["entries"] == [(b"\x00\xff", 5, 2)] and msg["term"] == 2
+
+
+async def test_crafted_messages_from_members_and_strangers_are_refused_and_counted(cluster, tmp_path, autojump_clock):
+    gs = cluster.found()
+    await until(lambda: cluster.leader() is not None)
+    leader = cluster.leader()
+    await leader.propose(("add", 1, "x"))
+    await until(lambda: all(g.state["n"] == 1 for g in gs))
+    lp = leader.node_id.split("/")[0]
+    member = next(g for g in gs if g is not leader)
+    mp = member.node_id.split("/")[0]
+    ld = cluster.drivers[lp]
+    marker = tmp_path / "marker"
+
+    seq = iter(range(1, 1000))
+
+    def frame(src, body, dst=None, gid="g"):  # [sender incarnation, sequence, messages], as JSON brings it
+        return codec.decode(codec.encode(["evil", next(seq), [[gid, src, dst or leader.node_id, body]]]))
+
+    def b64(data):
+        return base64.b64encode(data).decode()
+
+    def regular(arg):
+        return b64(b"\x00" + pickle.dumps((0, (arg,)), 2))
+
+    def counted(name):
+        return ld.counters[name]
+
+    before = dict(ld.counters)
+    # 1. a member forwards a command whose pickle calls os.system / our own function
+    for evil in (Evil(os.system, (f"touch {marker}",)), Evil()):
+        ld.receive(mp, frame(member.node_id, {"type": "apply_command", "command": regular(evil), "request_id": 1}))
+    # 2. a "leader" ships the same inside a log entry
+    entry = [regular(Evil(os.system, (f"touch {marker}",))), 99, member.term]
+    ld.receive(mp, frame(member.node_id, {"type": "append_entries", "term": leader.term + 5, "commit_index": 99,
+                                          "prevLogIdx": 1, "prevLogTerm": 0, "entries": [entry]}))
+    # 3. a membership change or a raw pickle smuggled as a forwarded command
+    ld.receive(mp, frame(member.node_id, {"type": "apply_command",
+                                          "command": b64(b"\x02" + pickle.dumps(["rem", leader.node_id], 2))}))
+    # 4. a well-formed command the state machine refuses to take from that peer (not its own)
+    ld.receive(mp, frame(member.node_id, {"type": "apply_command", "command": regular(("add", 1000, "zz"))}))
+    # 5. wrong term, unknown fields, a non-member, a spoofed sender, another incarnation
+    ld.receive(mp, frame(member.node_id, {"type": "request_vote", "term": 0, "last_log_index": 0,
+                                          "last_log_term": 0}))
+    ld.receive(mp, frame(member.node_id, {"type": "response_vote", "term": leader.term, "extra": 1}))
+    ld.receive("z", frame("z/0", {"type": "request_vote", "term": 99, "last_log_index": 99, "last_log_term": 99}))
+    ld.receive(mp, frame(f"{lp}/i9", {"type": "response_vote", "term": 99}))
+    ld.receive(mp, frame(f"{mp}/before-restart", {"type": "response_vote", "term": 99}))
+    ld.receive(mp, frame(member.node_id, {"type": "response_vote", "term": 99}, dst=f"{lp}/old"))
+    ld.receive(mp, frame(member.node_id, {"type": "response_vote", "term": 99}, gid="nope"))
+    delta = {k: ld.counters[k] - before[k] for k in before}
+    assert delta == {"consensusMalformed": 1, "consensusUnsafe": 3, "consensusRefused": 2, "consensusNonMember": 4,
+                     "consensusStaleTerm": 1, "consensusUnknownGroup": 1, "consensusErrors": 0}
+    assert not marker.exists() and EXECUTED == []
+    # nothing reached the state machine and the group still works, under the same leader
+    assert leader.is_leader and leader.state["n"] == 1 and counted("consensusErrors") == 0
+    assert await leader.propose(("add", 1, "x")) == 2
+
+
+async def test_groups_on_different_clocks_in_one_process(nursery, autojump_clock):
+    """The simulator's use of the process-wide switch: a group whose clock runs 10× slower
+    elects 10× later."""
+    net = MemoryNet()
+    fast, slow = {}, {}
+    for peers, box, rate in (("abc", fast, 1.0), ("def", slow, 0.1)):
+        for p in peers:
+            box[p] = Driver(MemoryWire(net, p), clock=lambda r=rate: trio.current_time() * r,
+                            rng=random.Random(p))
+            await nursery.start(box[p].run)
+    groups = {}
+    for name, box in (("fast", fast), ("slow", slow)):
+        ids = [d.node_id for d in box.values()]
+        groups[name] = [RaftGroup(name, d.node_id, ids, Counter(), d) for d in box.values()]
+    await until(lambda: any(g.is_leader for g in groups["fast"]))
+    t_fast = trio.current_time()
+    await until(lambda: any(g.is_leader for g in groups["slow"]))
+    assert trio.current_time() > 5 * t_fast
+    with raft_clock.using(lambda: 42.0):
+        import pysyncobj.syncobj
+        assert pysyncobj.syncobj.monotonicTime() == 42.0

@@ -1,0 +1,288 @@
+"""StatefulSets across fake peers: groups follow placement, pods run only under leases, a dead
+holder's ordinal moves after the lease wait with a higher token, a partitioned holder stops first
+(FakeMesh + FakeRuntime + placement + agent + beemeshd.stateful; virtual time)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import trio
+
+from beemeshd.agent import Agent
+from beemeshd.consensus import RaftTiming
+from beemeshd.core import lease as L
+from beemeshd.core import render
+from beemeshd.core.catalog import Catalog
+from beemeshd.core.history_check import START, STOP, Event, check
+from beemeshd.core.membership import Timings
+from beemeshd.events import EventBus
+from beemeshd.mesh.fake import FakeMesh, FakeNetwork
+from beemeshd.mesh_workloads import Workloads
+from beemeshd.placement import Placement, local_state
+from beemeshd.runtime.fake import FakeRuntime
+from beemeshd.stateful import PROTO_RAFT_JOIN, Settings, Stateful
+from beemeshd.stateful_files import StatefulFiles
+
+IMAGE = "localhost/beemesh-busybox:latest"
+GI = 1 << 30
+SETTINGS = Settings(L.Timing(lease=3.0, renew_every=1.0, retry=0.2, stop_margin=1.0, margin=0.2), RaftTiming())
+
+
+def statefulset(name="db", replicas=2, policy="OrderedReady"):
+    c = {"name": "app", "image": IMAGE, "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}
+    spec = {"replicas": replicas, "serviceName": name, "podManagementPolicy": policy,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}}
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name}, "spec": spec}
+
+
+class Recording(FakeRuntime):
+    """A fake runtime that writes every stateful start (create issued) and stop (removed) into one
+    history shared by all peers, on the one true clock."""
+
+    def __init__(self, history, peer_name):
+        super().__init__(now=trio.current_time)
+        self.history, self.peer_name = history, peer_name
+        self.tokens = {}
+
+    def _record(self, pod, kind):
+        if ".default" in pod and pod.startswith("db-"):
+            self.history.append(Event(trio.current_time(), pod, self.peer_name, self.tokens.get(pod, -1), kind))
+
+    async def create_pod(self, spec):
+        self._record(spec.name, START)
+        return await super().create_pod(spec)
+
+    async def remove_pod(self, name):
+        present = name in self._pods
+        await super().remove_pod(name)
+        if present:
+            self._record(name, STOP)
+
+
+class Peer:
+    def __init__(self, net, tmp_path, history, bootstrap=(), seed=None, runtime=None):
+        self.seed = seed or net.rng.randbytes(32)
+        self.mesh = FakeMesh(net, self.seed, bootstrap=list(bootstrap), timings=Timings(0.5, 1.0, 2.0))
+        self.id = self.mesh.peer_id
+        self.runtime = runtime or Recording(history, self.id)
+        self.events = EventBus()
+        self.placement = Placement(self.mesh, Catalog(self.id), self.events, self_state=self.state, window=0.3,
+                                   on_change=lambda: self.agent.poke())
+        self.mesh.on_peer_event = self.placement.peer_event
+        self.agent = Agent(self.runtime, None, self.events, interval=0.5, peer_id=self.id,
+                           wanted=self.placement.wanted)
+        self.agent.remote_ready = self.placement.remote_ready
+        self.w = Workloads(self.placement, self.agent, self.runtime, self.events, self.id)
+        self.files = StatefulFiles(tmp_path / self.id[-8:])
+        self.st = Stateful(self.mesh, self.placement, self.agent, self.runtime, self.events, self.files,
+                           settings=SETTINGS, holder_clock=trio.current_time, grantor_clock=trio.current_time)
+        inner = self.agent.wanted
+        self.agent.wanted = lambda: self.st.wanted(inner)
+        self.agent.before_create = self._before_create
+        self.w.stateful = self.st
+        self.scope = None
+
+    async def _before_create(self, d):
+        await self.st.before_create(d)
+        self.runtime.tokens[d.pod] = self.st.pods[d.pod].token
+
+    def state(self):
+        return local_state(self.placement, cpu_total=2000, memory_total=4 * GI, max_pods=110,
+                           uptime=self.mesh._uptime())
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        with trio.CancelScope() as self.scope:
+            async with trio.open_nursery() as n:
+                await n.start(self.mesh.run)
+                await n.start(self.agent.run)
+                await n.start(self.placement.run)
+                await n.start(self.st.run)
+                n.start_soon(self.w.status_loop)
+                task_status.started()
+
+    def kill(self):
+        """kill -9 of the daemon: its pods keep running (the watchdog below will deal with them)."""
+        self.mesh.kill()
+        self.scope.cancel()
+
+    async def watchdog(self):
+        """What beemeshd/lease_watchdog.py does for a dead daemon, on virtual time."""
+        while True:
+            await trio.sleep(0.25)
+            for path in list(self.files.leases_dir.glob("*.json")) if self.files.leases_dir.exists() else []:
+                doc = self.files.lease(path.name[:-5])
+                if doc is not None and trio.current_time() >= doc["deadline"]:
+                    await self.runtime.remove_pod(doc["pod"])
+                    path.unlink()
+
+
+async def mesh_of(nursery, tmp_path, history, n=3):
+    net = FakeNetwork(latency=0.002, seed=3)
+    first = Peer(net, tmp_path, history)
+    peers = [first] + [Peer(net, tmp_path, history, bootstrap=[first.id]) for _ in range(n - 1)]
+    for p in peers:
+        await nursery.start(p.run)
+    with trio.fail_after(10):
+        while not all(sum(v.state == "alive" for v in p.mesh.peers()) == n - 1 for p in peers):
+            await trio.sleep(0.05)
+    return net, peers
+
+
+async def until(cond, timeout=30.0):
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.05)
+
+
+def running(peers, pod):
+    return [p for p in peers if pod in p.runtime.pod_names()]
+
+
+async def test_deploy_founds_a_group_and_runs_each_ordinal_under_a_lease(nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    a = peers[0]
+    watch = a.events.subscribe(namespace="default", name="db")
+    [w] = await a.w.deploy(manifest=statefulset(), yaml=None, namespace=None, wait=True, timeout=30, dry_run=False)
+    assert w["readyReplicas"] == 2
+    await until(lambda: all(p.st.members.get(("default", "StatefulSet", "db")) for p in peers))
+    key = ("default", "StatefulSet", "db")
+    groups = {p.id: p.st.group_of(key) for p in peers}
+    assert all(sorted(g["members"]) == sorted(p.id for p in peers) for g in groups.values())
+    await until(lambda: len({g["leader"] for g in (p.st.group_of(key) for p in peers)} - {None}) == 1)
+    rows = a.w.get("db", None, None)["replicaStatus"]
+    for row in rows:
+        assert row["lease"]["holder"] == row["peer"] and row["lease"]["token"] > 0
+    assert rows[0]["lease"]["token"] != rows[1]["lease"]["token"]
+    ex = peers[1].w.explain("db", None)
+    assert ex["group"]["term"] >= 1 and ex["group"]["leader"] in [p.id for p in peers]
+    seen = []
+    with trio.move_on_after(0.5):
+        async for item in watch:
+            seen.append(item["event"]["type"])
+    assert "LeaseGranted" in seen and "LeaderChanged" in seen
+    assert check(history) == []
+    # a crafted join: a peer may only join as itself
+    with pytest.raises(Exception):
+        await peers[1].mesh.request(a.id, PROTO_RAFT_JOIN, {"group": "x", "node": f"{peers[2].id}/1"}, 1.0)
+
+
+async def test_a_dead_holders_ordinal_moves_after_the_lease_wait_with_a_higher_token(nursery, tmp_path,
+                                                                                   autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    a = peers[0]
+    await a.w.deploy(manifest=statefulset(), yaml=None, namespace=None, wait=True, timeout=30, dry_run=False)
+    pod = render.pod_name("default", "db-0")
+    [victim] = running(peers, pod)
+    survivors = [p for p in peers if p is not victim]
+    token_before = victim.runtime.tokens[pod]
+    nursery.start_soon(victim.watchdog)
+    victim.kill()
+    t0 = trio.current_time()
+    await until(lambda: any(pod in p.runtime.pod_names() for p in survivors), timeout=60)
+    took = trio.current_time() - t0
+    [new] = running(survivors, pod)
+    assert new.runtime.tokens[pod] > token_before
+    # not before the lease could have run out: at least W after the last renewal (≤ 1 s before the kill)
+    assert took >= SETTINGS.lease.regrant_after - SETTINGS.lease.renew_every - 0.1
+    assert took <= SETTINGS.lease.regrant_after + 5
+    assert check(history) == []
+    row = new.w.get("db", None, None)["replicaStatus"][0]
+    assert row["peer"] == new.id and row["lease"]["holder"] == new.id
+
+
+async def test_a_partitioned_holder_stops_before_the_majority_starts_it_and_healing_leaves_one(
+        nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    pod = render.pod_name("default", "db-0")
+    [holder] = running(peers, pod)
+    majority = [p for p in peers if p is not holder]
+    net.partition({holder.mesh.peer_id}, {p.mesh.peer_id for p in majority})
+    await until(lambda: pod not in holder.runtime.pod_names(), timeout=10)
+    stopped = trio.current_time()
+    await until(lambda: any(pod in p.runtime.pod_names() for p in majority), timeout=60)
+    assert trio.current_time() > stopped
+    net.heal()
+    await trio.sleep(15)  # catalogs and groups merge again
+    assert len(running(peers, pod)) == 1 and holder not in running(peers, pod)
+    assert check(history) == []
+    assert [e.kind for e in history if e.peer == holder.id] == [START, STOP]
+
+
+async def test_delete_dissolves_the_group_and_a_new_one_keeps_tokens_growing(nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    a = peers[0]
+    key = ("default", "StatefulSet", "db")
+    await a.w.deploy(manifest=statefulset(), yaml=None, namespace=None, wait=True, timeout=30, dry_run=False)
+    first = {e.ordinal: e.token for e in history if e.kind == START}
+    await a.w.delete("db", None, None, True, 30)
+    await until(lambda: not any(p.st.members for p in peers) and not any(p.runtime.pod_names() for p in peers))
+    assert all(p.files.groups() == {} for p in peers)
+    await a.w.deploy(manifest=statefulset(), yaml=None, namespace=None, wait=True, timeout=30, dry_run=False)
+    await until(lambda: all(key in p.st.members for p in peers))
+    second = {}
+    for e in history:
+        if e.kind == START:
+            second[e.ordinal] = e.token
+    assert all(second[o] > first[o] for o in first)
+    assert check(history) == []
+
+
+async def test_a_restarted_member_rejoins_under_a_new_id_and_its_old_one_is_removed(nursery, tmp_path,
+                                                                                   autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    key = ("default", "StatefulSet", "db")
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    pod = render.pod_name("default", "db-0")
+    [holder] = running(peers, pod)
+    other = next(p for p in peers if p is not holder)
+    await until(lambda: key in other.st.members)
+    old_id = other.st.members[key].node_id
+    assert old_id.endswith("/0")  # a founder
+    other.kill()
+    back = Peer(net, tmp_path, history, bootstrap=[holder.id], seed=other.seed, runtime=other.runtime)
+    await nursery.start(back.run)
+    peers = [p for p in peers if p is not other] + [back]
+    await until(lambda: key in back.st.members and not back.st.members[key].group.passive, timeout=30)
+    new_id = back.st.members[key].node_id
+    assert new_id != old_id and new_id.startswith(back.id + "/")
+    await until(lambda: all(p.st.members[key].group.members == sorted(
+        [new_id] + [q.st.members[key].node_id for q in peers if q is not back]) for p in peers), timeout=30)
+    assert back.files.groups()[back.st.members[key].gid] == new_id
+    assert len(running(peers, pod)) == 1 and check(history) == []
+
+
+async def test_scaling_down_releases_the_highest_ordinal(nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    key = ("default", "StatefulSet", "db")
+    a = peers[0]
+    await a.w.deploy(manifest=statefulset(replicas=3), yaml=None, namespace=None, wait=True, timeout=30,
+                     dry_run=False)
+    await a.w.scale("db", None, 2, True, 30)
+    await until(lambda: all(p.st.members[key].machine.table().get(2).holder is None for p in peers))
+    assert not any(render.pod_name("default", "db-2") in p.runtime.pod_names() for p in peers)
+    assert sum(len(p.runtime.pod_names()) for p in peers) == 2 and check(history) == []
+
+
+def test_founders_and_members_come_from_the_decision():
+    from beemeshd.core.catalog import Decision
+    from beemeshd.stateful import creating, desired_peers, founders
+
+    d = Decision(("ns", "StatefulSet", "db"), 1, {}, (("db-0", "a"), ("db-1", "a"), ("db-2", "b")),
+                 bids=({"peer": "b"}, {"peer": "c"}, {"peer": "d"}), declined=(("e", "full"),),
+                 decided_usec=1_000_500, created_usec=1_000_000)
+    assert founders(d, 3) == ["a", "b", "c"] and founders(d, 5) == ["a", "b", "c", "d", "e"]
+    assert creating(d)
+    assert not creating(dataclasses.replace(d, decided_usec=9_000_000))  # a later scale or heal
+    assert not creating(dataclasses.replace(d, revision=1))
+    assert desired_peers(d, ["a", "b", "x", "y"], 3)[:2] == ["a", "b"] and len(desired_peers(d, ["x", "y"], 3)) == 3
