@@ -138,15 +138,15 @@ class Workloads:
         await self.runtime_status()  # fresh availability for our own bid
         results = []
         for w in workloads:
-            d = await self._apply(w, "apply")
+            d = await self._apply(w, "apply", user)
             results.append(d)
         if wait:
             await self.wait_ready([d.key for d in results], timeout, "Deploy wait")
         return [self.view(self.placement.catalog.entries[d.key]) for d in results]
 
-    async def _apply(self, w, reason: str) -> Decision:
+    async def _apply(self, w, reason: str, user: str | None = None) -> Decision:
         try:
-            d, outcome = await self.placement.apply(w, reason=reason)
+            d, outcome = await self.placement.apply(w, reason=reason, user=user)
         except errors.NoCapacity:
             st = await self.runtime_status()
             if not st.available and self.placement.alive() == [self.peer_id]:
@@ -185,7 +185,7 @@ class Workloads:
             if self.admit is not None:
                 self.admit([manifest], user, "Scale")
             await self.runtime_status()
-            d = await self._apply(replace(w, replicas=replicas, manifest=manifest), "scale")
+            d = await self._apply(replace(w, replicas=replicas, manifest=manifest), "scale", user)
         if wait:
             await self.wait_ready([d.key], timeout, "Scale wait")
         return self.view(self.placement.catalog.entries[d.key])

@@ -61,7 +61,7 @@ class Placement:
     def __init__(self, mesh, catalog: Catalog, events: EventBus, *, self_state: Callable[[], sch.PeerState],
                  window: float = 0.25, on_change: Callable[[], None] = lambda: None,
                  persist: Callable[[Catalog], None] = lambda c: None,
-                 bid_gate: Callable[[dict, str], str | None] | None = None,
+                 bid_gate: Callable[[dict, str, str | None], str | None] | None = None,
                  fanout: int = 16, heal_on_suspect: bool = True, rng: random.Random | None = None,
                  trust: TrustBook | None = None):
         self.mesh = mesh
@@ -71,7 +71,7 @@ class Placement:
         self.window = window
         self.on_change = on_change  # e.g. poke the agent
         self.persist = persist
-        # (manifest, origin peer) -> a reason not to bid (node-local policy), or None.
+        # (manifest, origin peer, user there) -> a reason not to bid (node-local policy), or None.
         self.bid_gate = bid_gate
         self.fanout = fanout
         self.heal_on_suspect = heal_on_suspect
@@ -177,7 +177,8 @@ class Placement:
         return matches[0]
 
     # -- changes (on the peer that took the call) --------------------------------------------------
-    async def apply(self, w: Workload, *, reason: str = "apply") -> tuple[Decision, str]:
+    async def apply(self, w: Workload, *, reason: str = "apply", user: str | None = None) -> tuple[Decision, str]:
+        """Place (or re-place) a workload; `user` is who asked, on this peer (bid policies see it)."""
         cur = self.catalog.entries.get(w.key)
         if cur is not None and cur.deleted:
             cur_w = None
@@ -203,7 +204,7 @@ class Placement:
             held: dict[str, int] = {}
             for p in keep.values():
                 held[p] = held.get(p, 0) + 1
-            placed, rules, bids, declined = await self._auction(w, todo, held)
+            placed, rules, bids, declined = await self._auction(w, todo, held, user=user)
             if not keep and not any(placed.values()):
                 raise errors.NoCapacity(w.name, [{"peer": p, "reason": r} for p, r in declined]
                                         or [{"peer": self.peer_id, "reason": "no peer answered"}])
@@ -250,16 +251,16 @@ class Placement:
 
     # -- the auction -------------------------------------------------------------------------------
     async def _auction(self, w: Workload, replicas: list[str], elsewhere: dict[str, int] | None = None,
-                       avoid: frozenset[str] = frozenset()):
+                       avoid: frozenset[str] = frozenset(), user: str | None = None):
         cpu, mem = w.template.requests()
         ports = tuple(sorted({(p.host_port, p.protocol.lower()) for c in w.template.containers
                               for p in c.ports if p.host_port}))
         task = sch.Task(f"{self.rng.getrandbits(128):032x}", key_str(w.key), 0, tuple(replicas), cpu, mem, ports,
                         w.template.node_selector, tuple(sorted({c.image for c in w.template.containers})),
                         self.peer_id)
-        answers = {} if self.peer_id in avoid else {self.peer_id: self._evaluate(task, w.manifest, self.peer_id)}
+        answers = {} if self.peer_id in avoid else {self.peer_id: self._evaluate(task, w.manifest, self.peer_id, user)}
         others = sorted(set(self.healthy()) - {self.peer_id} - avoid)
-        wire = dict(_task_wire(task), manifest=w.manifest)
+        wire = dict(_task_wire(task), manifest=w.manifest, user=user)
         # A large mesh: ask a random sample first, everyone else only if the sample falls short.
         first = others if len(others) <= self.fanout else self.rng.sample(others, max(self.fanout, 2 * len(replicas)))
         expected = set(first)
@@ -296,10 +297,10 @@ class Placement:
                                + (f" ({why})" if why else ""))
         return replace(a, trust=round(score, 6))
 
-    def _evaluate(self, task: sch.Task, manifest: dict, origin: str) -> sch.Bid | sch.Decline:
+    def _evaluate(self, task: sch.Task, manifest: dict, origin: str, user: str | None) -> sch.Bid | sch.Decline:
         """This peer's answer: node-local policy first (a deny means no bid), then capacity."""
         if self.bid_gate is not None:
-            reason = self.bid_gate(manifest, origin)
+            reason = self.bid_gate(manifest, origin, user)
             if reason:
                 return sch.Decline(self.peer_id, task.task_id, reason)
         return sch.evaluate(task, self.self_state())
@@ -329,7 +330,10 @@ class Placement:
         manifest = t.get("manifest")
         if not isinstance(manifest, dict):
             raise ValueError("a task carries its manifest")
-        answer = self._evaluate(_task_from_wire(t), manifest, env.sender)
+        user = t.get("user")
+        if user is not None and not isinstance(user, str):
+            raise ValueError("user must be a string")
+        answer = self._evaluate(_task_from_wire(t), manifest, env.sender, user)
         if isinstance(answer, sch.Bid):
             return {"type": "bid", "taskId": answer.task_id, "capacity": answer.capacity, "fit": answer.fit,
                     "locality": answer.locality, "reliability": answer.reliability, "trust": answer.trust}

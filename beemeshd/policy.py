@@ -63,7 +63,9 @@ def make_input(manifest: dict, *, request_peer: str, user: str | None, peer: dic
     """The input document:
     {"manifest": the Kubernetes object (namespace filled in),
      "request": {"peer": peer id that took the call (admission) or announced the task (bid),
-                 "user": unix user name of the caller when known (admission), else null,
+                 "user": unix user name of the caller on the peer that took the call (at a bid:
+                         as the announcing peer's signed task says), null when a peer re-places
+                         on its own,
                  "operation": "Deploy" | "Scale" | "Bid"},
      "peer": the candidate peer's record — at admission the peer that took the call, before a
              bid the bidding peer: {"id", "labels", "capacity", "runtime", "network", "version"}}"""

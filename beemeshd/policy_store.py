@@ -244,21 +244,21 @@ class PolicyStore:
             if denials:
                 raise errors.PolicyDenied(denials[0].policy, denials[0].messages)
 
-    def bid_denials(self, manifest: dict, origin: str, peer: dict) -> list[Denial]:
+    def bid_denials(self, manifest: dict, origin: str, peer: dict, user: str | None = None) -> list[Denial]:
         """Node-local policies on a task this peer was asked to bid on."""
         broken = [Denial(n, [f"policy {n} does not compile: {e}"]) for n, e in sorted(self.node_errors.items())
                   if n not in self.node.policies]
         if not self.node.policies:
             return broken
-        doc = make_input(manifest, request_peer=origin, user=None, peer=peer, operation="Bid")
+        doc = make_input(manifest, request_peer=origin, user=user, peer=peer, operation="Bid")
         return broken + self.node.denials(doc)
 
-    def bid_gate(self, peer_record: Callable[[], dict]) -> Callable[[dict, str], str | None]:
-        """The Placement hook: (manifest, origin peer) -> why this peer does not bid, or None."""
-        def gate(manifest: dict, origin: str) -> str | None:
+    def bid_gate(self, peer_record: Callable[[], dict]) -> Callable[[dict, str, str | None], str | None]:
+        """The Placement hook: (manifest, origin peer, user there) -> why this peer does not bid, or None."""
+        def gate(manifest: dict, origin: str, user: str | None = None) -> str | None:
             if not self.node.policies and not self.node_errors:
                 return None
-            denials = self.bid_denials(manifest, origin, peer_record())
+            denials = self.bid_denials(manifest, origin, peer_record(), user)
             if not denials:
                 return None
             d = denials[0]

@@ -337,7 +337,7 @@ async def test_a_sample_that_cannot_place_asks_everyone_else(nursery, autojump_c
 async def test_a_node_policy_deny_means_no_bid_and_the_reason_is_explained(net, nursery, autojump_clock):
     first = Peer(net)
     refuse = Peer(net, bootstrap=[first.id],
-                  bid_gate=lambda manifest, origin: f"policy no-web: {manifest['metadata']['name']} is not welcome")
+                  bid_gate=lambda manifest, origin, user: f"policy no-web: {manifest['metadata']['name']} is not welcome")
     third = Peer(net, bootstrap=[first.id])
     for p in (first, refuse, third):
         await nursery.start(p.run)

@@ -198,3 +198,20 @@ async def test_a_node_policy_keeps_its_peer_out_of_the_auction(net, nursery, aut
     with pytest.raises(errors.NoCapacity) as exc:
         await deploy(a, deployment(name="web2", replicas=2))
     assert all(r["reason"].startswith("policy no-web denied") for r in exc.value.reasons)
+
+
+NOT_FOR_BOB = """package beemesh.bid
+import rego.v1
+deny contains "bob's work does not run here" if input.request.user == "bob"
+"""
+
+
+async def test_a_node_policy_sees_the_user_who_asked_on_another_peer(net, nursery, autojump_clock, tmp_path, owner):
+    a, b, c = await mesh_of(nursery, net, tmp_path, owner, 3)
+    await c.policies.set("not-for-bob", "node", NOT_FOR_BOB)
+    [w] = await deploy(a, deployment(name="bobs", replicas=3), user="bob")
+    assert c.id not in {r["peer"] for r in w["replicaStatus"]}
+    declined = {d["peer"]: d["reason"] for d in a.w.explain("bobs", None)["decisions"][0]["declined"]}
+    assert declined[c.id] == "policy not-for-bob denied: bob's work does not run here"
+    [w] = await deploy(a, deployment(name="alices", replicas=3), user="alice")
+    assert c.id in {r["peer"] for r in w["replicaStatus"]}
