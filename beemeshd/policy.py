@@ -145,7 +145,11 @@ def compile_policy(name: str, scope: str, text: str) -> Policy:
         raise errors.InvalidPolicy(name, None, None, f"longer than {MAX_TEXT} bytes")
     package = PACKAGES[scope]
     _check_package(name, scope, text, package)
-    r = _regopy()
+    try:
+        r = _regopy()
+    except ImportError:  # the RPM only recommends it: Fedora does not package regopy
+        raise errors.InvalidPolicy(name, None, None, "the Rego engine is not installed (Python package "
+                                   "regopy); this peer cannot enforce policies until it is") from None
     interp = r.Interpreter()
     interp.log_level = r.LogLevel.NONE  # rego-cpp prints errors on stdout otherwise; we report them
     interp.strict_built_in_errors = True

@@ -28,6 +28,8 @@ for url in $(rpmspec -P "$SPEC" | sed -n 's/^Source[1-9][0-9]*: *\(http.*\)/\1/p
     case $url in
         *.whl) spec=$(basename "$url" | cut -d- -f1,2 | sed 's/-/==/')
                python3 -m pip download -q --no-deps --only-binary=:all: -d "$TOP/SOURCES" "$spec" ;;
+        *.tar.gz) spec=$(basename "$url" .tar.gz | sed 's/-\([0-9][^-]*\)$/==\1/')
+               python3 -m pip download -q --no-deps --no-binary=:all: -d "$TOP/SOURCES" "$spec" ;;
         *) curl -fsSL -o "$file" "$url" ;;
     esac
     [ -f "$file" ] || die "could not fetch $url"

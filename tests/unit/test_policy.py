@@ -191,3 +191,16 @@ def test_bid_origin_allowlist_lets_a_peer_run_its_own_work_only():
     assert p.evaluate(own) == []
     assert p.evaluate(other) == ["this peer only runs work announced by its allow-listed peers, not by "
                                  "12D3KooWstranger"]
+
+
+def test_without_the_rego_engine_a_policy_is_refused_with_a_clear_error(monkeypatch):
+    import sys
+
+    from beemeshd import errors, policy
+
+    monkeypatch.setattr(policy, "_rg", None)
+    monkeypatch.setitem(sys.modules, "regopy", None)  # import regopy -> ImportError
+    text = "package beemesh.admission\nimport rego.v1\ndeny contains \"no\" if true\n"
+    with pytest.raises(errors.InvalidPolicy) as exc:
+        policy.compile_policy("p", "mesh", text)
+    assert "regopy" in exc.value.message
