@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -230,3 +232,43 @@ class TestMesh:
         for top in (state, config):
             subprocess.run(["chown", "-R", f"{d.user.uid}:{d.user.gid}", str(top)], check=True)
         return peer_id
+
+
+@contextlib.contextmanager
+def podman_mesh(user, n: int = 3, *, mesh: "TestMesh | None" = None, key_holders=(0,), image=lambda i: True,
+                config=lambda i: {}):
+    """`n` PodmanNodes of one mesh on loopback, each with its own Podman store and publish address
+    (127.0.i+1.1), started, seeing each other and their runtimes; stopped and removed afterwards.
+    Every node gets a credential of `mesh` (a new TestMesh by default: membership is enforced);
+    `key_holders` also get the mesh key; `image(i)` False leaves node i's store without the image."""
+    mesh = mesh or TestMesh()
+    nodes = []
+    try:
+        for i in range(n):
+            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False,
+                   "mesh_listen": ["/ip4/127.0.0.1/tcp/0"], **config(i)}
+            if nodes:
+                cfg["mesh_bootstrap"] = nodes[0].call("GetInfo").json["info"]["meshAddresses"]
+            node = PodmanNode(user, user.tempdir(), cfg).prepare(image=image(i))
+            mesh.admit(node, holds_key=i in key_holders)
+            node.start()
+            nodes.append(node)
+        for node in nodes:
+            wait_for(lambda node=node: node.call("GetInfo").json["info"]["peersAlive"] == n - 1, what="full mesh view")
+            wait_for(lambda node=node: node.call("GetInfo").json["info"]["runtime"]["available"], what="runtime")
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.proc and node.proc.poll() is None:
+                node.stop(signal.SIGKILL)
+            node.cleanup()
+            shutil.rmtree(node.home, ignore_errors=True)
+
+
+def peer_ids(nodes) -> list[str]:
+    return [node.call("GetInfo").json["info"]["peerId"] for node in nodes]
+
+
+def ctl(node, *args) -> subprocess.CompletedProcess:
+    """beemeshctl, as the node's user, against that node."""
+    return node.user.run([str(VENV / "bin" / "beemeshctl"), *args], env=node.user.env(BEEMESH_ADDRESS=node.address))

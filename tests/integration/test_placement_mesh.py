@@ -7,46 +7,14 @@ import time
 
 import pytest
 
-from tests.integration.daemons import PodmanNode, TestMesh, free_port, labelled_pods, wait_for
+from tests.integration.daemons import PodmanNode, ctl, free_port, labelled_pods, peer_ids, podman_mesh, wait_for
 from tests.integration.test_runtime_daemon import web
 
 
 @pytest.fixture
 def trio_of_nodes(user, varlinkctl):
-    nodes = []
-    mesh = TestMesh()  # credentials for all three (membership is enforced), listening on loopback
-    try:
-        for i in range(3):
-            home = user.tempdir()
-            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False,
-                   "mesh_listen": ["/ip4/127.0.0.1/tcp/0"]}
-            if nodes:
-                cfg["mesh_bootstrap"] = nodes[0].call("GetInfo").json["info"]["meshAddresses"]
-            n = PodmanNode(user, home, cfg).prepare()
-            mesh.admit(n)
-            n.start()
-            nodes.append(n)
-        for n in nodes:
-            wait_for(lambda n=n: n.call("GetInfo").json["info"]["peersAlive"] == 2, what="full mesh view")
-            wait_for(lambda n=n: n.call("GetInfo").json["info"]["runtime"]["available"], what="runtime")
+    with podman_mesh(user, 3) as nodes:  # credentials for all three: membership is enforced
         yield nodes
-    finally:
-        for n in nodes:
-            n.stop(signal.SIGKILL) if n.proc and n.proc.poll() is None else None
-            n.cleanup()
-        import shutil
-        for n in nodes:
-            shutil.rmtree(n.home, ignore_errors=True)
-
-
-def peer_ids(nodes):
-    return [n.call("GetInfo").json["info"]["peerId"] for n in nodes]
-
-
-def ctl(node, *args):
-    from tests.conftest import VENV
-
-    return node.user.run([str(VENV / "bin" / "beemeshctl"), *args], env=node.user.env(BEEMESH_ADDRESS=node.address))
 
 
 def test_spread_heal_scale_and_survive_the_origin(trio_of_nodes):

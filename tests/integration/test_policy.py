@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from beemeshd import mesh_keys
-from tests.integration.daemons import PodmanNode, free_port, labelled_pods, wait_for
+from tests.integration.daemons import PodmanNode, ctl, free_port, labelled_pods, peer_ids, podman_mesh, wait_for
 from tests.integration.test_runtime_daemon import web
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"
@@ -25,43 +23,9 @@ NO_WEB_HERE = ('package beemesh.bid\n\nimport rego.v1\n\n'
 
 @pytest.fixture
 def policy_mesh(user, varlinkctl):
-    """Three peers of one mesh: the first holds the mesh key, the others only its public half.
-    (mesh_open: membership credentials are issue 10's other half, tested on their own.)"""
-    nodes = []
-    try:
-        for i in range(3):
-            home = user.tempdir()
-            if i == 0:
-                keys = mesh_keys.create(home / "config", "policy-test")
-            else:
-                mesh_keys.save_public(home / "config", "policy-test", keys.public)
-            subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(home / "config")], check=True)
-            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False, "mesh_open": True}
-            if nodes:
-                cfg["mesh_bootstrap"] = nodes[0].call("GetInfo").json["info"]["meshAddresses"]
-            n = PodmanNode(user, home, cfg).prepare()
-            n.start()
-            nodes.append(n)
-        for n in nodes:
-            wait_for(lambda n=n: n.call("GetInfo").json["info"]["peersAlive"] == 2, what="full mesh view")
-            wait_for(lambda n=n: n.call("GetInfo").json["info"]["runtime"]["available"], what="runtime")
+    """Three peers of one mesh: the first holds the mesh key, the others only its public half."""
+    with podman_mesh(user, 3, key_holders=(0,)) as nodes:
         yield nodes
-    finally:
-        for n in nodes:
-            n.stop(signal.SIGKILL) if n.proc and n.proc.poll() is None else None
-            n.cleanup()
-        for n in nodes:
-            shutil.rmtree(n.home, ignore_errors=True)
-
-
-def peer_ids(nodes):
-    return [n.call("GetInfo").json["info"]["peerId"] for n in nodes]
-
-
-def ctl(node, *args):
-    from tests.conftest import VENV
-
-    return node.user.run([str(VENV / "bin" / "beemeshctl"), *args], env=node.user.env(BEEMESH_ADDRESS=node.address))
 
 
 def policies(node, scope=None) -> dict:

@@ -4,28 +4,14 @@ moved away, loses trust in every other peer's ledger, and then gets no work at a
 
 from __future__ import annotations
 
-import shutil
-import signal
-
-from tests.integration.daemons import PodmanNode, free_port, labelled_pods, wait_for
+from tests.integration.daemons import free_port, labelled_pods, peer_ids, podman_mesh, wait_for
 from tests.integration.test_runtime_daemon import web
 
 
 def test_a_peer_that_cannot_deliver_loses_trust_and_then_all_work(user, varlinkctl):
-    nodes = []
-    try:
-        for i in range(3):
-            cfg = {"publish_host_ip": f"127.0.{i + 1}.1", "mesh_mdns": False, "mesh_open": True}
-            if nodes:
-                cfg["mesh_bootstrap"] = nodes[0].call("GetInfo").json["info"]["meshAddresses"]
-            n = PodmanNode(user, user.tempdir(), cfg).prepare(image=i < 2)
-            n.start()
-            nodes.append(n)
-        for n in nodes:
-            wait_for(lambda n=n: n.call("GetInfo").json["info"]["peersAlive"] == 2, what="full mesh view")
-            wait_for(lambda n=n: n.call("GetInfo").json["info"]["runtime"]["available"], what="runtime")
+    with podman_mesh(user, 3, image=lambda i: i < 2) as nodes:
         a, b, c = nodes
-        ids = [n.call("GetInfo").json["info"]["peerId"] for n in nodes]
+        ids = peer_ids(nodes)
 
         def moved_off_c(name):
             w = a.call("Get", {"name": name}).json["workload"]
@@ -57,9 +43,3 @@ def test_a_peer_that_cannot_deliver_loses_trust_and_then_all_work(user, varlinkc
         declined = a.call("Explain", {"name": "w2"}).json["explanation"]["decisions"][0]["declined"]
         assert any(d["peer"] == ids[2] and d["reason"].startswith("untrusted: trust") for d in declined)
         assert labelled_pods(c) == []
-    finally:
-        for n in nodes:
-            n.stop(signal.SIGKILL) if n.proc and n.proc.poll() is None else None
-            n.cleanup()
-        for n in nodes:
-            shutil.rmtree(n.home, ignore_errors=True)
