@@ -13,10 +13,10 @@ The mesh key pair itself lives in CONFIG_DIR/mesh/ (beemeshd.mesh_keys). Writes 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from beemeshd.core import credentials as cr
+from beemeshd.files import write_private
 
 DIR = "mesh"
 CREDENTIAL_FILE = "credential.json"
@@ -26,19 +26,6 @@ TOKENS_FILE = "tokens.json"
 
 class StoreError(Exception):
     """A membership file exists but cannot be read or makes no sense."""
-
-
-def write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 class MembershipFiles:

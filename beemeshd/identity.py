@@ -15,6 +15,8 @@ from pathlib import Path
 import base58
 from nacl.signing import SigningKey
 
+from beemeshd.files import write_private
+
 KEY_FILE = "identity.key"
 
 
@@ -55,12 +57,5 @@ def load_or_create(state_dir: Path) -> Identity:
     except FileNotFoundError:
         pass
     seed = os.urandom(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, seed)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, seed)
     return Identity(seed)

@@ -17,6 +17,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from beemeshd.core.protocol import canonical
+from beemeshd.files import write_private
 
 MESH_DIR = "mesh"
 PUBLIC_FILE = "mesh.json"
@@ -67,8 +68,8 @@ def create(config_dir: Path, name: str) -> MeshKeys:
     seed = os.urandom(32)
     keys = MeshKeys(name, bytes(SigningKey(seed).verify_key), seed)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write(d / KEY_FILE, seed, 0o600)
-    _write(d / PUBLIC_FILE, json.dumps({"name": name, "public": keys.public.hex()}).encode(), 0o600)
+    write_private(d / KEY_FILE, seed, 0o600)
+    write_private(d / PUBLIC_FILE, json.dumps({"name": name, "public": keys.public.hex()}).encode(), 0o600)
     return keys
 
 
@@ -76,7 +77,7 @@ def save_public(config_dir: Path, name: str, public: bytes) -> MeshKeys:
     """Record the mesh a joining peer was invited to (no private key)."""
     d = mesh_dir(config_dir)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write(d / PUBLIC_FILE, json.dumps({"name": name, "public": public.hex()}).encode(), 0o600)
+    write_private(d / PUBLIC_FILE, json.dumps({"name": name, "public": public.hex()}).encode(), 0o600)
     return MeshKeys(name, public)
 
 
@@ -101,14 +102,3 @@ def load(config_dir: Path) -> MeshKeys | None:
         raise MeshKeyError(f"{d / KEY_FILE} does not match {d / PUBLIC_FILE}")
     return MeshKeys(name, public, seed)
 
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

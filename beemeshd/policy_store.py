@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from beemeshd import errors, mesh_keys
 from beemeshd.core import policy_doc as pd
+from beemeshd.files import write_private
 from beemeshd.policy import (SCOPE_MESH, SCOPE_NODE, Denial, Policy, PolicySet, check_name, compile_policy,
                              make_input)
 
@@ -104,7 +104,7 @@ class PolicyStore:
             policy = compile_policy(name, SCOPE_NODE, text)
             self.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             path = self.node_dir / f"{name}{NODE_SUFFIX}"
-            _write(path, text.encode(), 0o600)
+            write_private(path, text.encode(), 0o600)
             st = path.stat()
             self.node.put(policy)
             self.node_errors.pop(name, None)
@@ -198,7 +198,7 @@ class PolicyStore:
     def _install(self, doc: pd.PolicyDoc, compiled: Policy | None = None, persist: bool = True) -> None:
         if persist:
             self.mesh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write(self.mesh_dir / f"{doc.name}.json", json.dumps(doc.to_wire()).encode(), 0o600)
+            write_private(self.mesh_dir / f"{doc.name}.json", json.dumps(doc.to_wire()).encode(), 0o600)
         self.docs[doc.name] = doc
         self.mesh_errors.pop(doc.name, None)
         if doc.removed:
@@ -305,14 +305,3 @@ def _load_keys(config_dir: Path):
         return None
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomically, never briefly readable by others."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

@@ -218,7 +218,8 @@ class TestMesh:
         mesh key: another key makes a forged one); its peer id. A daemon that has one keeps it."""
         from beemeshd import identity, mesh_keys
         from beemeshd.core import credentials as cr
-        from beemeshd.credential_store import MembershipFiles, write_private
+        from beemeshd.credential_store import MembershipFiles
+        from beemeshd.files import write_private
 
         state, config = d.home / "state", d.home / "config"
         peer_id = identity.load_or_create(state).peer_id
