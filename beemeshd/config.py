@@ -86,11 +86,12 @@ class Config:
     lease_stop_margin_seconds: float = 5.0
     # Members of a StatefulSet's consensus group: its replicas' peers, topped up to this many.
     consensus_group_size: int = 3
-    # Raft: the driver's tick, the leader's heartbeat, the shortest election timeout (the longest
-    # is twice that). A leader's failure is noticed after about one election timeout.
+    # Raft: the driver's tick (votes, proposals go out at once), the leaders' heartbeat (what idle
+    # groups cost), the shortest election timeout (the longest is twice that; more than three
+    # heartbeats). A leader's failure is noticed after about one election timeout.
     raft_tick_seconds: float = 0.05
-    raft_heartbeat_seconds: float = 0.05
-    raft_election_seconds: float = 0.2
+    raft_heartbeat_seconds: float = 0.2
+    raft_election_seconds: float = 0.65
 
     @classmethod
     def default(cls) -> "Config":

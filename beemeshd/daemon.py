@@ -287,8 +287,9 @@ def make_stateful(config: Config, node: Node, placement, agent: Agent):
     """StatefulSets: a consensus group each, leases gating the agent (beemeshd/stateful.py)."""
     from beemeshd.consensus import RaftTiming
     from beemeshd.core.lease import Timing
-    from beemeshd.stateful import Settings, Stateful, watchdog_argv
+    from beemeshd.stateful import Settings, Stateful
     from beemeshd.stateful_files import StatefulFiles
+    from beemeshd.stateful_pods import watchdog_argv
 
     e = config.raft_election_seconds
     try:

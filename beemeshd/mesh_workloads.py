@@ -27,6 +27,7 @@ from beemeshd.workloads import parse_request, scaled, wait_until
 log = logging.getLogger("beemeshd.workloads")
 
 PROTO_LOGS = "/beemesh/logs/1"
+STATUS_REFRESH_SCALE = 50  # workloads whose reports are refreshed every STATUS_REFRESH seconds
 MAX_REMOTE_LINES = 10000
 FOLLOW_POLL = 0.5  # seconds between asks for new lines of a followed replica on another peer
 
@@ -221,18 +222,21 @@ class Workloads:
     # -- status reports (runner side) --------------------------------------------------------------
     async def status_loop(self) -> None:
         """Tell the mesh how this peer's replicas are doing: on every change, and every
-        STATUS_REFRESH seconds; an empty report once a workload's pods here are gone."""
+        STATUS_REFRESH seconds; an empty report once a workload's pods here are gone. Each
+        refresh reaches every peer, so beyond STATUS_REFRESH_SCALE workloads the period grows
+        with the catalog: a peer then hears O(1) refreshes a second, not O(workloads)."""
         last: dict = {}
         sent_at: dict = {}
         while True:
             await self.agent.changed()
             now = trio.current_time()
+            refresh = STATUS_REFRESH * max(1.0, len(self.placement.catalog.entries) / STATUS_REFRESH_SCALE)
             mine = {d.key: d for d, _ in self.placement.catalog.mine()}
             keys = set(mine) | {k for k in last if last[k]} | self._keys_with_pods()
-            for key in keys:
+            for key in sorted(keys):
                 d = mine.get(key) or self.placement.catalog.entries.get(key)
                 rows = self._local_rows(key, d)
-                if rows == last.get(key) and now - sent_at.get(key, -1e9) < STATUS_REFRESH:
+                if rows == last.get(key) and now - sent_at.get(key, -1e9) < refresh:
                     continue
                 try:
                     await self.placement.publish_status(key, d.generation if d else 0, rows)
@@ -256,7 +260,9 @@ class Workloads:
             if dp.workload.key == key and dp.pod in self.agent.observed:
                 ports[dp.replica] = [_port(dp.replica, p.host_ip, p.host_port, p.container_port, p.protocol)
                                      for p in dp.spec.ports]
-        return self._with_leases(key, [{**r, "ports": ports.get(r["name"], [])} for r in rows])
+        # No lease here: its expiry moves with every renewal, and a report is re-sent on any change
+        # (members of the group show leases from their own table, see rows()).
+        return [{**r, "ports": ports.get(r["name"], [])} for r in rows]
 
     # -- logs --------------------------------------------------------------------------------------
     def log_sources(self, name, namespace, replica, container) -> list[tuple[str, str, str]]:

@@ -478,7 +478,11 @@ class Placement:
     async def heal_once(self) -> None:
         now = trio.current_time()
         healthy = self.healthy()
-        alive = [p for p in healthy if self.trust.trusted(p, now)]
+        if self.trust.trusted("", now):  # a peer without receipts is trusted: judge only the others
+            distrusted = {p for p in self.trust.ledgers if not self.trust.trusted(p, now)}
+            alive = [p for p in healthy if p not in distrusted]
+        else:
+            alive = [p for p in healthy if self.trust.trusted(p, now)]
         orphans = self.catalog.orphaned(set(alive))
         self._stuck = False
         for key, late in list(self._overdue.items()):  # promised, never delivered: move them too

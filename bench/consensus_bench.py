@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.common import machine, summary  # noqa: E402
 
-DEFAULT_TIMING = "0.05,0.05,0.2"  # the daemon's defaults (raft_tick/heartbeat/election_seconds)
+DEFAULT_TIMING = "0.05,0.2,0.65"  # the daemon's defaults (raft_tick/heartbeat/election_seconds)
 
 
 def rss_kib() -> int:
@@ -73,7 +73,8 @@ def node(index: int, seeds: list[str], groups: int, boot: str | None, idle: floa
             timing_ = RaftTiming(tick=tick, heartbeat=heartbeat, election_min=election, election_max=2 * election,
                                  leader_fallback=2 * election)
             alive = lambda: {p.peer_id for p in mesh.peers() if p.state in ("self", "alive", "suspect")}  # noqa
-            driver = Driver(MeshWire(mesh), tick=timing_.tick, reachable=alive, incarnation="0")
+            driver = Driver(MeshWire(mesh), tick=timing_.tick, poll=timing_.heartbeat, reachable=alive,
+                            incarnation="0")
             await nursery.start(driver.run)
             before = rss_kib()
             members = [f"{p}/0" for p in ids]
@@ -198,6 +199,36 @@ def main(groups: int = 100, idle: float = 30.0, timing: str = DEFAULT_TIMING) ->
             if p.proc.poll() is None:
                 p.proc.kill()
                 p.proc.wait()
+
+
+def rows() -> list[tuple]:
+    """Rows for bench/RESULTS.md (bench/run_all.py)."""
+    base = main(0, 15.0)
+    r = main(100, 30.0)
+    fast = main(100, 20.0, "0.05,0.05,0.2")
+    cpu = max(r["cpu_per_peer_cores"])
+    mesh = max(base["cpu_per_peer_cores"])
+
+    def s(x):
+        return f"{x['p50']:.2f} / {x['p99']:.2f} s (n={x['n']})"
+
+    return [
+        ("StatefulSet groups over libp2p (3 peers): election of 100 new groups, p50 / p99", s(r["election_s"]),
+         f"heartbeat 0.05 s, election 0.2 s: {s(fast['election_s'])}", "—", "—"),
+        ("… Raft failover: kill -9 of the peer leading most groups → new leader at both survivors",
+         s(r["failover_s"]), f"0.05 s heartbeats: {s(fast['failover_s'])}", "—",
+         "≤ 0.5 s: " + ("met" if r["failover_s"]["p50"] <= 0.5 else "**missed** (p50; 0.05 s heartbeats meet it, "
+                                                                     "at the CPU cost in the next row)")),
+        ("… 100 idle groups on one peer: CPU (user+sys, one core = 100 %), busiest peer",
+         f"{cpu * 100:.1f} % ({(cpu - mesh) * 100:.1f} % above the mesh alone)",
+         f"0.05 s heartbeats: {max(fast['cpu_per_peer_cores']) * 100:.1f} %; mesh alone: {mesh * 100:.1f} %", "—",
+         "≤ 5 %: " + ("met" if cpu - mesh <= 0.05 else "**missed**") + " (counted above the mesh alone)"),
+        ("… idle traffic per peer: mesh requests (frames) / Raft messages per second, busiest peer",
+         f"{max(r['frames_per_s_per_peer']):.0f} / {max(r['raft_messages_per_s_per_peer']):.0f}",
+         f"0.05 s heartbeats: {max(fast['frames_per_s_per_peer']):.0f} / "
+         f"{max(fast['raft_messages_per_s_per_peer']):.0f}", "—", "—"),
+        ("… memory per idle group (RSS growth / groups)", f"{max(r['rss_kib_per_group']):.0f} KiB", "—", "—", "—"),
+    ]
 
 
 if __name__ == "__main__":

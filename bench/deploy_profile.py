@@ -8,7 +8,8 @@ Varlink socket, then waits for the first HTTP 200, then deletes it. Measured acr
 - the rest of the Deploy's wall time, outside any Podman request;
 - pyinstrument samples of the daemon's trio thread (worker threads only wait on sockets), split
   into idle (waiting in epoll) and busy, with the functions that use the most CPU.
-Prints p50/p99 and n; returns the top items for RESULTS.md.
+Prints p50/p99 and n; returns the top items for RESULTS.md. With BENCH_PROFILE_TEXT=FILE (a
+path the test user can write) pyinstrument's whole call tree goes there too.
 """
 
 from __future__ import annotations

@@ -181,7 +181,9 @@ def detection(nodes: list[Node], kills: int) -> tuple[list[float], list[float]]:
     return left, suspect
 
 
-def daemon_rss(boot: str | None = None, peers: int = 0) -> dict:
+def daemon_rss(boot: str | None = None, peers: int = 0, alone: bool = True) -> dict:
+    """A real beemeshd's idle RSS: with the mesh off and on alone (`alone`), and joined to the mesh
+    at `boot` of `peers` nodes."""
     import pwd
     import shutil
     import tempfile
@@ -193,8 +195,9 @@ def daemon_rss(boot: str | None = None, peers: int = 0) -> dict:
     pw = pwd.getpwnam(TEST_USER)
     user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
     out = {}
-    for label, extra in (("mesh off", {"mesh_enabled": False}), ("mesh on, alone", {}),
-                         (f"mesh on, {peers} peers", {"mesh_bootstrap": [boot]} if boot else None)):
+    cases = [("mesh off", {"mesh_enabled": False}), ("mesh on, alone", {})] if alone else []
+    cases.append((f"mesh on, {peers} peers", {"mesh_bootstrap": [boot]} if boot else None))
+    for label, extra in cases:
         if extra is None:
             continue
         home = Path(tempfile.mkdtemp(prefix="beemesh-bench-"))
@@ -263,8 +266,9 @@ def main() -> dict | None:
 
 
 def run(peers: int = 20, runs: int = 3, joins: int = 5, messages: int = 100, rate: float = 5.0,
-        kills: int = 4, sim: int = 300, together: bool = True) -> dict:
-    """Every measurement above; `together=False` skips the all-at-once start (the slowest part)."""
+        kills: int = 4, sim: int = 300, together: bool = True, rss_alone: bool = True) -> dict:
+    """Every measurement above; `together=False` skips the all-at-once start (the slowest part),
+    `rss_alone=False` the RSS of a daemon outside the mesh (bench/varlink_latency.py has it)."""
     args = argparse.Namespace(peers=peers, runs=runs, joins=joins, messages=messages, rate=rate,
                               kills=kills, sim=sim)
     r: dict = {}
@@ -297,7 +301,7 @@ def run(peers: int = 20, runs: int = 3, joins: int = 5, messages: int = 100, rat
         time.sleep(10)  # let GossipSub drop the killed joiners from its meshes
         r["gossip_ms"] = summary(gossip(nodes, args.messages, args.rate), 1000)
         print(fmt(f"gossip publish -> deliver, {args.peers} peers, {args.rate:g} msg/s", r["gossip_ms"], "ms"))
-        r["rss_mb"] = daemon_rss(nodes[0].addr, args.peers)
+        r["rss_mb"] = daemon_rss(nodes[0].addr, args.peers, rss_alone)
         for k, v in r["rss_mb"].items():
             print(f"beemeshd idle RSS, {k}: {v:.1f} MB")
         left, suspect = detection(nodes, args.kills)

@@ -8,7 +8,7 @@ is a row saying so, and a missed goal says by how much and why.
 
     python bench/run_all.py [--skip NAME ...] [--only NAME ...]
 
-NAME is one of the steps below. `activation` runs last: it starts a real systemd --user manager
+NAME is a step (see --help for the list, in order). `activation` runs last: it starts a real systemd --user manager
 for the test user (scripts/user-manager.sh), which other test runs on the machine share.
 """
 
@@ -162,6 +162,9 @@ def step_profile(rep: Report) -> None:
     o = b["outside_requests"]
     lines.append(f"| outside any Podman request (Varlink, placement, store, agent passes) | {o['p50']:.1f} ms | "
                  f"{o['p99']:.1f} ms | {o['p50'] / s['p50']:.0%} |")
+    a = b["after_pod_start"]
+    lines.append(f"| after Podman's pod start returned: reading the pod back, answering | {a['p50']:.1f} ms | "
+                 f"{a['p99']:.1f} ms | {a['p50'] / s['p50']:.0%} |")
     t = b["timeline"]
     lines += ["", f"The median Deploy ({t['reply_ms']} ms), request by request (start → duration): "
               + "; ".join(f"{start:.0f} ms `{what}` {took:.1f} ms" for start, took, what in t["requests"]) + "."]
@@ -220,7 +223,8 @@ def step_failover(rep: Report) -> None:
 def step_mesh(rep: Report) -> None:
     from bench import mesh_bench
 
-    r = mesh_bench.run(peers=20, runs=1, joins=3, messages=100, rate=5.0, kills=2, sim=300, together=False)
+    r = mesh_bench.run(peers=20, runs=1, joins=3, messages=100, rate=5.0, kills=2, sim=300, together=False,
+                       rss_alone=False)
     g = r["gossip_ms"]
     rep.rows.append(Row("Gossip publish → delivery, 20 peers (processes) on loopback, 5 msg/s, p50 / p99",
                         p(g, "ms"), "—", "—", "—"))
@@ -286,9 +290,10 @@ def step_activation(rep: Report) -> None:
                         p(s, "s", digits=3), "—", "—", "—"))
 
 
-def optional(module: str, title: str) -> Callable[[Report], None]:
+def optional(module: str, title: str, **kwargs) -> Callable[[Report], None]:
     """A benchmark another part of the project may add: `rows()` gives table rows; a module with only
-    `main()` is run and its printed output kept in RESULTS.md; a missing module is a row saying so."""
+    `main(**kwargs)` is run and its printed output kept in RESULTS.md; a missing module is a row
+    saying so."""
     def step(rep: Report) -> None:
         try:
             mod = importlib.import_module(f"bench.{module}")
@@ -304,7 +309,7 @@ def optional(module: str, title: str) -> Callable[[Report], None]:
             argv, sys.argv = sys.argv, [f"bench/{module}.py"]  # its defaults, not our arguments
             try:
                 with contextlib.redirect_stdout(Tee(sys.stdout, buf)):
-                    mod.main()
+                    mod.main(**kwargs)
             except SystemExit as exc:  # an argparse error or an explicit exit must not end make bench
                 if exc.code not in (None, 0):
                     raise RuntimeError(f"bench/{module}.py exited with {exc.code}") from None
@@ -361,10 +366,16 @@ STEPS: list[tuple[str, str, int, Callable[[Report], None]]] = [
     ("failover", "node loss → replacement serving (5 kills)", 100, step_failover),
     ("mesh", "20-peer mesh: view, joins, gossip, RSS, failure detection", 150, step_mesh),
     ("throughput", "published-port throughput, iperf3", 60, step_throughput),
-    ("policy", "policy benchmark", 0, optional("policy_bench", "Policy evaluation")),
-    ("membership", "membership benchmark", 0, optional("membership_bench", "Membership")),
-    ("stateful", "stateful soak", 0, optional("stateful_soak", "Stateful workloads soak")),
-    ("consensus", "consensus benchmark", 0, optional("consensus_bench", "Consensus (stateful workloads)")),
+    ("policy", "policy evaluation (bench/policy_bench.py)", 45, optional("policy_bench", "Policy evaluation")),
+    ("membership", "membership checks and floods (bench/membership_bench.py)", 60,
+     optional("membership_bench", "Membership")),
+    # 60 of the soak's 200 seeded runs by default (≈ 0.7 s each): make bench stays near 10 min
+    ("stateful", "stateful lease-group soak, 60 seeded runs (bench/stateful_soak.py)", 45,
+     optional("stateful_soak", "Stateful workloads soak", runs=60)),
+    ("consensus", "consensus groups on 3 libp2p peers (bench/consensus_bench.py)", 70,
+     optional("consensus_bench", "Consensus (stateful workloads)")),
+    ("stateful-failover", "StatefulSet failover on 3 peers, 2 runs (bench/stateful_failover_bench.py)", 90,
+     optional("stateful_failover_bench", "StatefulSet failover", runs=2)),
     ("simulator", "whole-mesh simulator rows", 0, simulator_rows),
     ("activation", "socket activation under a systemd --user manager (20 runs)", 40, step_activation),
 ]
@@ -401,8 +412,9 @@ def write(rep: Report, started: float, ran: list[str]) -> Path:
 def main() -> None:
     names = [s[0] for s in STEPS]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip", nargs="*", default=[], choices=names, metavar="NAME")
-    ap.add_argument("--only", nargs="*", default=[], choices=names, metavar="NAME")
+    ap.add_argument("--skip", nargs="*", default=[], choices=names, metavar="NAME", help="steps not to run")
+    ap.add_argument("--only", nargs="*", default=[], choices=names, metavar="NAME",
+                    help=f"run only these steps, of (in order): {', '.join(names)}")
     args = ap.parse_args()
     steps = [s for s in STEPS if s[0] not in args.skip and (not args.only or s[0] in args.only)]
     # In-process libp2p peers (placement) log every stream cut at teardown: not results.

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import math
 import random
+import statistics
 import sys
 import time
 import tracemalloc
@@ -41,6 +44,7 @@ import trio.testing  # noqa: E402
 from bench.common import machine, summary  # noqa: E402
 from beemeshd import placement as placement_mod  # noqa: E402
 from beemeshd.agent import Agent  # noqa: E402
+from beemeshd.core import protocol as proto  # noqa: E402
 from beemeshd.core import render  # noqa: E402
 from beemeshd.core.catalog import Catalog  # noqa: E402
 from beemeshd.core.membership import Timings  # noqa: E402
@@ -65,6 +69,9 @@ class Settings:
     minutes: float = 3.0  # of churn
     churn: float = 0.10  # share of the peers replaced per simulated minute
     settle: float = 30.0  # simulated seconds after churn before the census
+    idle: float = 10.0  # simulated seconds of an idle mesh, for its background cost
+    trace_memory: bool = False  # tracemalloc during the join too (a breakdown; slows it ~2×)
+    verbose: bool = False  # progress on stderr
     degree: int | None = 8  # overlay degree (None: flood to every peer)
     latency: float = 0.002
     jitter: float = 0.002
@@ -168,11 +175,14 @@ class Sim:
     # -- phases ------------------------------------------------------------------------------------
     async def join(self) -> None:
         """Memory per peer: what Python allocated for the mesh (tracemalloc, on during this phase
-        only), and the process's RSS growth, each over n. Simulated peers share what the fake
-        network shares (decoded envelopes in its verify cache), so real peers hold a little more."""
+        only), and the process's RSS growth (meaningful in a fresh process: main() forks one per
+        size), each over n. Simulated peers share what the fake network shares (decoded envelopes
+        in its verify cache), so real peers hold a little more."""
         gc.collect()
-        tracemalloc.start()
+        if self.s.trace_memory:
+            tracemalloc.start()
         w0, c0, r0, m0 = time.perf_counter(), time.process_time(), rss_bytes(), tracemalloc.get_traced_memory()[0]
+        self.rss0 = r0
         for _ in range(self.s.peers):  # one every 5 ms on average: their probe ticks fall out of step
             await self.add_peer()
             await trio.sleep(self.rng.uniform(0, 0.01))
@@ -180,15 +190,18 @@ class Sim:
         await trio.sleep(5)  # records and syncs settle
         gc.collect()
         traced = tracemalloc.get_traced_memory()[0] - m0
-        tracemalloc.stop()
+        if self.s.trace_memory:
+            tracemalloc.stop()
         n = self.s.peers
         self.out["join"] = {"sim_s": round(took, 2), "wall_s": round(time.perf_counter() - w0, 1),
                             "cpu_s": round(time.process_time() - c0, 1),
-                            "memory_per_peer_kb": round(traced / n / 1024, 1),
                             "rss_per_peer_kb": round((rss_bytes() - r0) / n / 1024, 1)}
+        if self.s.trace_memory:
+            self.out["join"]["memory_per_peer_kb"] = round(traced / n / 1024, 1)
 
-    async def idle(self, seconds: float = 10.0) -> None:
+    async def idle(self) -> None:
         """Wall cost of one simulated second of an idle mesh (probes, records, syncs, agents)."""
+        seconds = self.s.idle
         c0, w0, p0 = self.net.counts.copy(), time.perf_counter(), time.process_time()
         await trio.sleep(seconds)
         wall, cpu = time.perf_counter() - w0, time.process_time() - p0
@@ -243,10 +256,16 @@ class Sim:
             "replicas_per_cpu_s": round(placed / cpu, 1), "decisions_per_s": round(s.workloads / wall_all, 1),
             "decision_ms_p50": round(d["p50"], 1), "decision_ms_p99": round(d["p99"], 1),
             "running_ms_p50": round(r["p50"], 1), "running_ms_p99": round(r["p99"], 1),
-            "messages_per_workload": round(sum(counts.values()) / s.workloads, 1),
+            # sent: overlay transmissions (duplicates included), requests, replies, probes; of
+            # which gossip deliveries (first copies) are counted apart
+            "messages_per_workload": round(sum(v for k, v in counts.items() if not k.startswith("gossip "))
+                                           / s.workloads, 1),
+            "gossip_deliveries_per_workload": round(sum(v for k, v in counts.items() if k.startswith("gossip "))
+                                                    / s.workloads, 1),
             "messages_by_kind_per_workload": {k: round(v / s.workloads, 1) for k, v in sorted(counts.items())},
             "hops99_p50": _pct(hops, 50), "hops99_p99": _pct(hops, 99), "hops99_max": max(hops, default=None),
             "gossip_messages": len(log), "short_of_99pct": len(log) - len(hops),
+            "rss_per_peer_kb": round((rss_bytes() - self.rss0) / s.peers / 1024, 1),  # + catalogs, status, caches
         }
 
     def key_running(self, key: tuple) -> bool:
@@ -266,21 +285,50 @@ class Sim:
     async def churn(self) -> None:
         s = self.s
         per_minute = max(1, round(s.churn * s.peers))
-        w0, p0, t0 = time.perf_counter(), time.process_time(), trio.current_time()
+        w0, p0, t0, c0 = time.perf_counter(), time.process_time(), trio.current_time(), self.net.counts.copy()
         killed = joined = 0
-        for _ in range(int(s.minutes)):
-            gap = 60.0 / per_minute
-            for _ in range(per_minute):
-                self.kill(self.rng.choice(self.up))
-                killed += 1
-                await self.add_peer()
-                joined += 1
-                await trio.sleep(gap)
-        await trio.sleep(s.settle)
+        lost: dict[tuple, float] = {}  # (key, replica) on a killed peer -> when
+        healed: list[float] = []
+
+        async def watch() -> None:  # how long until each lost replica runs again elsewhere
+            while True:
+                await trio.sleep(0.1)
+                now = trio.current_time()
+                for key, replica in [k for k in lost if self.replica_running(*k)]:
+                    healed.append(now - lost.pop((key, replica)))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(watch)
+            for _ in range(int(s.minutes)):
+                gap = 60.0 / per_minute
+                for _ in range(per_minute):
+                    victim = self.rng.choice(self.up)
+                    ref = self.peers[self.up[0] if self.up[0] != victim else self.up[1]].placement.catalog
+                    for d, replicas in ((d, [r for r, p in d.assignments if p == victim]) for d in ref.live()):
+                        lost.update(((d.key, r), trio.current_time()) for r in replicas)
+                    self.kill(victim)
+                    killed += 1
+                    await self.add_peer()
+                    joined += 1
+                    await trio.sleep(gap)
+            await trio.sleep(s.settle)
+            n.cancel_scope.cancel()
         census = self.census()
+        h = summary(healed)
+        sim = trio.current_time() - t0
+        traffic = {k: round(v / sim, 1) for k, v in sorted((self.net.counts - c0).items())}
         self.out["churn"] = {"minutes": s.minutes, "left": killed, "joined": joined,
                              "wall_s": round(time.perf_counter() - w0, 1), "cpu_s": round(time.process_time() - p0, 1),
-                             "sim_s": round(trio.current_time() - t0, 1), **census}
+                             "sim_s": round(trio.current_time() - t0, 1), "replicas_lost_with_a_peer": len(healed) + len(lost),
+                             "rerun_s_p50": round(h["p50"], 2), "rerun_s_p99": round(h["p99"], 2),
+                             "never_rerun": len(lost), **census, "messages_per_sim_s_by_kind": traffic}
+
+    def replica_running(self, key: tuple, replica: str) -> bool:
+        """Assigned (in the catalog of a live peer) to a live peer that runs its pod."""
+        d = self.peers[self.up[0]].placement.catalog.entries.get(key)
+        peer = d.peer_of(replica) if d is not None and not d.deleted else None
+        return (peer is not None and peer in self.peers and self.peers[peer].mesh.running
+                and render.pod_name(key[0], replica) in self.peers[peer].running_pods())
 
     def census(self) -> dict:
         """Replicas wanted (by the catalog of every live peer, which must agree) vs running."""
@@ -308,17 +356,20 @@ class Sim:
                 lost.append(key)
         extra = sum(1 for pid in self.up for pod in self.peers[pid].running_pods() if (pid, pod) not in assigned)
         return {"replicas_wanted": wanted, "replicas_running": running, "workloads_not_whole": len(lost),
-                "duplicates": extra, "catalogs_disagreeing": disagree}
+                "duplicates": extra, "catalogs_disagreeing": disagree,
+                "workloads_re_placed": sum(1 for d in ref.live() if d.revision > 0)}
 
     # -- the whole run -----------------------------------------------------------------------------
     async def run(self) -> dict:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            await self.join()
-            await self.idle()
-            await self.place()
-            if self.s.minutes:
-                await self.churn()
+            for phase in (self.join, self.idle, self.place, self.churn):
+                if phase == self.churn and not self.s.minutes:
+                    continue
+                if self.s.verbose:
+                    print(f"[{self.s.peers} peers] {phase.__name__} at {trio.current_time():.1f} simulated s, "
+                          f"{time.process_time():.0f} CPU s, RSS {rss_bytes() >> 20} MB", file=sys.stderr, flush=True)
+                await phase()
             nursery.cancel_scope.cancel()
         return self.out
 
@@ -350,23 +401,138 @@ def simulate(s: Settings) -> dict:
         trio_run._r.setstate(rng_saved)
 
 
-def main(sizes=(1000, 10000), seed: int = 1, minutes: float = 3.0, plot_dir: str | None = None, **kw) -> dict:
+async def _overlay(n: int, seed: int, degree: int, messages: int) -> dict:
+    net = FakeNetwork(latency=0.002, jitter=0.002, seed=seed, degree=degree, verify_cache=max(5000, 2 * n))
+    rng = random.Random(seed)
+    peers = [FakeMesh(net, seed=rng.randbytes(32), rng=random.Random(rng.getrandbits(64))) for _ in range(n)]
+    async with trio.open_nursery() as nursery:
+        for p in peers:
+            await nursery.start(p.run)
+        # As if each had met one peer: the overlay only needs joined peers, and a real join
+        # (every view complete: n² records) would not fit in one process at 10,000.
+        net.joined.update(p.peer_id for p in peers)
+        now = trio.current_time()
+        for p in peers:  # and no full view syncs on first contact: they measure nothing here
+            p._last_full_sync = now
+        sources = rng.sample(peers, min(4, n))
+        for i in range(messages):  # all at once, over before first contacts make peers announce
+            await sources[i % len(sources)].publish(proto.TOPIC_TASKS, {"n": i})
+        await trio.sleep(0.5)
+        degrees = [len(net.neighbours(p.peer_id)) for p in peers]
+        nursery.cancel_scope.cancel()
+    log = [(h, share) for topic, h, share in net.hop_log if topic == proto.TOPIC_TASKS]
+    hops = sorted(h for h, _ in log if h is not None)
+    return {"peers": n, "messages": len(log), "hops99": hops, "coverage_min": min(share for _, share in log),
+            "degree_mean": round(sum(degrees) / n, 1), "forwards_per_message": round(net.counts["forward"] / len(log))}
+
+
+def overlay_hops(n: int, seed: int = 1, degree: int = 8, messages: int = 12) -> dict:
+    """Gossip hops to reach 99 % of n peers on the overlay alone: real FakeMesh peers (gate,
+    signatures) that have met, without complete views — what fits at 10,000 peers."""
+    import trio._core._run as trio_run
+
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
+    trio_run._r.seed(seed)
+    try:
+        return trio.run(_overlay, n, seed, degree, messages, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = False
+
+
+FULL_UP_TO = 2000  # larger meshes do not fit one process: every view holds every peer (n² state)
+
+
+def main(sizes=(1000, 10000), seed: int = 1, minutes: float = 3.0, plot_dir: str | None = None,
+         full_up_to: int = FULL_UP_TO, **kw) -> dict:
+    """Simulate each size up to `full_up_to` peers whole. Larger ones (10,000 peers would need
+    ~10⁸ view entries, tens of GB, here) get their gossip hops measured on the overlay alone and
+    the rest projected from two whole runs (a smaller one is added if needed), marked so."""
+    full = sorted(n for n in sizes if n <= full_up_to)
+    big = sorted(n for n in sizes if n > full_up_to)
+    refs = list(full)
+    if big and len(refs) < 2:  # two sizes to draw each trend through
+        refs = sorted(set(refs) | {max(100, (refs[0] if refs else full_up_to) // 4)})
+    print(f"whole-mesh simulator on {machine()}", file=sys.stderr, flush=True)
     results = {}
-    for n in sizes:
-        s = Settings(peers=n, seed=seed, minutes=minutes, **kw)
-        r = simulate(s)
-        results[n] = r
-        report(r)
+    for n in refs:
+        results[n] = _fresh(simulate, Settings(peers=n, seed=seed, minutes=minutes if n in full else 0,
+                                               verbose=True, **kw))
+        results[n]["overlay"] = _fresh(overlay_hops, n, seed)
+        report(results[n])
+    for n in big:
+        print(f"[{n} peers] overlay only (real peers, no complete views), the rest projected", file=sys.stderr,
+              flush=True)
+        results[n] = project(n, [results[m] for m in refs[-2:]], _fresh(overlay_hops, n, seed))
+        report(results[n])
     if plot_dir:
         plot(results, Path(plot_dir))
-    return results
+    return {n: results[n] for n in sorted(set(sizes) | set(refs))}
+
+
+def _fresh(fn, *args):
+    """fn(*args) in a forked child: each size starts from a clean heap (RSS figures mean
+    something) and gives its memory back."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def project(n: int, refs: list[dict], overlay: dict) -> dict:
+    """What a whole run at n peers would show, by linear trends through two whole runs (every
+    per-placement cost there is O(n): each decision and status report reaches every peer)."""
+    (a, b) = refs
+
+    def line(get) -> float:
+        x0, x1, y0, y1 = a["peers"], b["peers"], get(a), get(b)
+        return y1 + (y1 - y0) / (x1 - x0) * (n - x1)
+
+    pb = b["place"]
+    cpu_per_workload = line(lambda r: r["place"]["cpu_s"] / r["place"]["workloads"])
+    per_workload = pb["replicas"] / pb["workloads"]
+    gossip = pb["gossip_deliveries_per_workload"] / (b["peers"] - 1)  # messages each reaching everyone
+    sent_per_delivery = (pb["messages_by_kind_per_workload"].get("forward", 0)
+                         / max(1, pb["gossip_deliveries_per_workload"]))
+    direct = sum(v for k, v in pb["messages_by_kind_per_workload"].items() if k.startswith(("request", "reply")))
+    hop_ms = 1000 * 0.003  # one overlay hop: 2 ms latency + up to 2 ms jitter
+    extra_hops = statistics.median(overlay["hops99"]) - statistics.median(b["overlay"]["hops99"])
+    return {
+        "peers": n, "seed": b["seed"], "projected_from": [a["peers"], b["peers"]], "overlay": overlay,
+        "join": {"memory_per_peer_kb": round(line(lambda r: r["join"].get("memory_per_peer_kb", 0)), 1),
+                 "rss_per_peer_kb": round(line(lambda r: r["join"]["rss_per_peer_kb"]), 1)},
+        "idle": {"cpu_per_sim_s": round(line(lambda r: r["idle"]["cpu_per_sim_s"]), 3)},
+        "place": {
+            "workloads": pb["workloads"], "replicas": pb["replicas"],
+            "replicas_per_cpu_s": round(per_workload / cpu_per_workload, 2),
+            "decisions_per_cpu_s": round(1 / cpu_per_workload, 2),
+            "cpu_ms_per_workload_per_peer": round(1000 * cpu_per_workload / n, 3),
+            "decision_ms_p50": pb["decision_ms_p50"], "decision_ms_p99": pb["decision_ms_p99"],
+            "running_ms_p50": round(pb["running_ms_p50"] + extra_hops * hop_ms, 1),
+            "running_ms_p99": round(pb["running_ms_p99"] + extra_hops * hop_ms, 1),
+            "messages_per_workload": round(gossip * (n - 1) * sent_per_delivery + direct),
+            "gossip_deliveries_per_workload": round(gossip * (n - 1)),
+            "hops99_p50": statistics.median(overlay["hops99"]), "hops99_max": max(overlay["hops99"]),
+            "rss_per_peer_kb": round(line(lambda r: r["place"]["rss_per_peer_kb"]), 1),
+        },
+    }
 
 
 def report(r: dict) -> None:
-    print(f"== {r['peers']} peers (seed {r['seed']})")
-    for phase in ("join", "idle", "place", "churn"):
+    what = f"projected from whole runs of {r['projected_from']} peers" if "projected_from" in r else "simulated"
+    print(f"== {r['peers']} peers (seed {r['seed']}, {what})")
+    for phase in ("join", "idle", "place", "churn", "overlay"):
         if phase in r:
             print(f"  {phase}: {r[phase]}")
+    p = r["place"]
+    if "replicas_per_s" in p:
+        print(f"  -> {p['replicas_per_s']} replicas placed/s wall ({p['replicas_per_cpu_s']}/CPU-s), "
+              f"decision p50/p99 {p['decision_ms_p50']}/{p['decision_ms_p99']} ms, all running "
+              f"p50/p99 {p['running_ms_p50']}/{p['running_ms_p99']} ms (simulated), "
+              f"hops to 99 % {p['hops99_p50']}, {p['messages_per_workload']} messages per workload")
+    else:
+        print(f"  -> projected: {p['replicas_per_cpu_s']} replicas placed per CPU-second in one process, "
+              f"hops to 99 % {p['hops99_p50']} (measured), all running p50 {p['running_ms_p50']} ms")
 
 
 def plot(results: dict, where: Path) -> None:
@@ -376,27 +542,37 @@ def plot(results: dict, where: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = sorted(results)
-    place = [results[n]["place"] for n in sizes]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("decision_ms_p50", "Deploy → decision p50"), ("decision_ms_p99", "Deploy → decision p99"),
-                       ("running_ms_p50", "Deploy → all replicas running p50"),
-                       ("running_ms_p99", "Deploy → all replicas running p99")):
-        ax.plot(sizes, [p[key] for p in place], marker="o", label=label)
+    whole = [n for n in sizes if "projected_from" not in results[n]]
+    guess = [n for n in sizes if "projected_from" in results[n]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (key, label) in enumerate((("decision_ms_p50", "Deploy → decision, p50"),
+                                      ("decision_ms_p99", "Deploy → decision, p99"),
+                                      ("running_ms_p50", "Deploy → every replica running, p50"),
+                                      ("running_ms_p99", "Deploy → every replica running, p99"))):
+        color = f"C{i}"
+        ax.plot(whole, [results[n]["place"][key] for n in whole], marker="o", color=color, label=label)
+        if guess and whole:
+            ax.plot([whole[-1], *guess], [results[n]["place"][key] for n in [whole[-1], *guess]],
+                    linestyle="--", marker="o", markerfacecolor="white", color=color)
     ax.set_xscale("log")
-    ax.set_xlabel("simulated peers")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("peers (open markers: projected, see RESULTS.md)")
     ax.set_ylabel("simulated ms")
-    ax.set_title("Placement latency against mesh size")
+    ax.set_title("Placement latency against mesh size (virtual time)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(where / "sim_latency.png", dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(sizes, [p["hops99_p50"] for p in place], marker="o", label="hops to reach 99 % (median message)")
-    ax.plot(sizes, [p["hops99_max"] for p in place], marker="o", label="hops to reach 99 % (worst message)")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    hops = [statistics.median(results[n]["overlay"]["hops99"]) for n in sizes]
+    ax.plot(sizes, hops, marker="o", label="hops until 99 % of peers have a message (median)")
+    ax.plot(sizes, [math.log(n) / math.log(results[n]["overlay"]["degree_mean"] - 1) for n in sizes],
+            linestyle=":", color="grey", label="log(n) / log(mean degree − 1)")
     ax.set_xscale("log")
-    ax.set_xlabel("simulated peers")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("peers")
     ax.set_ylabel("gossip hops")
-    ax.set_title("Gossip hops against mesh size")
+    ax.set_title("Gossip hops against mesh size (overlay degree 8)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(where / "sim_hops.png", dpi=100)
@@ -410,5 +586,12 @@ if __name__ == "__main__":
     ap.add_argument("--minutes", type=float, default=3.0, help="simulated minutes of churn")
     ap.add_argument("--workloads", type=int, default=300)
     ap.add_argument("--plot-dir", default=None, help="write sim_latency.png and sim_hops.png here")
+    ap.add_argument("--full-up-to", type=int, default=FULL_UP_TO,
+                    help="larger meshes: overlay measured, the rest projected")
+    ap.add_argument("--trace-memory", action="store_true", help="tracemalloc during the join (slower)")
+    ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
-    main(tuple(a.peers), a.seed, a.minutes, a.plot_dir, workloads=a.workloads)
+    out = main(tuple(a.peers), a.seed, a.minutes, a.plot_dir, full_up_to=a.full_up_to, workloads=a.workloads,
+               trace_memory=a.trace_memory)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1, default=str) + "\n")

@@ -59,6 +59,32 @@ def main(runs: int = 200, duration: float = 120.0, negative: bool = False, seeds
     return out
 
 
+def rows() -> list[tuple]:
+    """Rows for bench/RESULTS.md (bench/run_all.py): the soak, its negative control, and the
+    holder-death / graceful-stop failover on real peers (bench/stateful_failover_bench.py)."""
+    from bench import stateful_failover_bench
+
+    r = main(200, 120.0)
+    neg = main(20, 120.0, negative=True)
+    out = [
+        ("StatefulSet leases, deterministic simulation: 200 seeded runs × 120 s (random partitions, clock "
+         "drift ≤ 1e-3, pauses ≤ 0.4 s; real pysyncobj, driver and lease rules): checker violations",
+         f"{r['violations']} ({r['pod_starts']} starts, {r['takeovers']} takeovers from cut-off holders, "
+         f"{r['handovers']} handovers; logs diverged in {len(r['diverged_logs'])} runs)",
+         f"holders that do not stop on their own (negative control, 20 runs): {neg['violations']} violations "
+         f"in {neg['runs_with_violations']} runs", "—", "0: " + ("met" if r["violations"] == 0 else "**missed**")),
+        ("… simulated time from an ordinal's stop to its start elsewhere (lease 3 s there), p50 / p99",
+         f"{r['handover_gap_p50_s']:.2f} / {r['handover_gap_p99_s']:.2f} s", "—", "—", "—"),
+    ]
+    fo = stateful_failover_bench.main(2)
+    k, t = fo["sigkill"], fo["sigterm"]
+    out.append(("StatefulSet holder's daemon killed (kill -9) → ordinal running on another peer, 3 peers on "
+                "real Podman, 15 s leases, p50 / p99", f"{k['p50']:.1f} / {k['p99']:.1f} s (n={k['n']})",
+                f"daemon stopped (SIGTERM: hand-over + release): {t['p50']:.1f} / {t['p99']:.1f} s (n={t['n']})",
+                "—", "≤ lease + 5 s = 20 s: " + ("met" if k["p99"] <= 20 else "**missed**")))
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)

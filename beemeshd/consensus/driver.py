@@ -4,9 +4,9 @@ Each tick (RaftTiming.tick, 50 ms by default) the driver
 1. tells each group which of its members are reachable (the mesh's failure detector, and for
    a passive joiner only once a member contacted it),
 2. calls `doTick(0)` on each group (inside beemeshd.consensus.clock.using: its clock and rng),
-3. sends, to every peer with queued messages and no exchange in flight, ONE frame holding the
-   messages of all groups for that peer; the peer answers with the messages it has queued for
-   us (so replies to a heartbeat ride back on the same exchange).
+3. exchanges ONE frame with every peer it shares a group with: the messages of all groups for
+   that peer, answered with the messages that peer has queued for us (so replies to a heartbeat
+   ride back on the same exchange); the peer with the lower id asks, see `_flush`.
 Batching per peer is what makes many groups affordable: over libp2p one frame costs ≈ 0.4 ms of
 CPU whatever it carries, and 100 groups sending one frame per message saturated a core. Frames
 are JSON (beemeshd.consensus.codec), carried as is in the mesh's signed envelope.
@@ -64,10 +64,12 @@ class Driver:
     def __init__(self, wire: Wire, *, tick: float = 0.05, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, incarnation: str | None = None,
                  reachable: Callable[[], set[str]] | None = None, exchange_timeout: float = 1.0,
-                 max_queue: int = 5000, gate: Callable[[], Awaitable[None]] | None = None):
+                 max_queue: int = 5000, gate: Callable[[], Awaitable[None]] | None = None,
+                 poll: float | None = None):
         self.wire = wire
         self.peer_id = wire.peer_id
         self.tick = tick
+        self.poll = poll if poll is not None else tick  # see _flush (the groups' heartbeat period)
         self.clock = clock
         self.rng = rng or random.Random()
         self.incarnation = incarnation or secrets.token_hex(6)
@@ -82,6 +84,8 @@ class Driver:
         self.stats = {"framesSent": 0, "framesReceived": 0, "messagesSent": 0, "messagesReceived": 0,
                       "exchangesFailed": 0, "queueDropped": 0, "framesOutOfOrder": 0}
         self._seq_out: dict[str, int] = {}
+        self._exchanged: dict[str, float] = {}  # peer -> when we last asked it or it asked us
+        self._urgent: set[str] = set()  # peers with more than heartbeats queued
         self._seq_in: dict[str, tuple[str, int]] = {}
         self.last_heard: dict[str, float] = {}  # peer -> our clock when its last frame arrived
         self._outbox: dict[str, list] = defaultdict(list)
@@ -126,6 +130,8 @@ class Driver:
             del box[: len(box) // 2]
             self.stats["queueDropped"] += 1
         box.append((group_id, src, dst, wire_msg))
+        if _urgent(message):
+            self._urgent.add(peer_of(dst))
         return True
 
     def _take(self, peer: str) -> list | None:
@@ -148,11 +154,39 @@ class Driver:
         return [self.incarnation, seq, taken]
 
     def _flush(self) -> None:
-        for peer in list(self._outbox):
-            if peer not in self._in_flight and self._outbox[peer]:
-                frame = self._take(peer)
-                self._in_flight.add(peer)
-                self._nursery.start_soon(self._send, peer, frame)
+        """At most one exchange per peer pair and tick: the peer with the lower id asks — at once
+        when it has an urgent message for the other (a vote, a proposal, new entries, a reply to
+        one), else every `poll` seconds (a heartbeat period) while the two share a group, with
+        whatever is queued, heartbeats included — and the other answers with its own; that one
+        asks itself only when its messages have waited (the asking side may not know yet that
+        they share a group). Each exchange costs two signed envelopes and a stream over libp2p
+        whatever it carries, so their number, not the number of groups, is what idle groups cost:
+        the heartbeats of all groups travel together."""
+        now = self.clock()
+        peers = set(self._outbox)
+        for g in self.groups.values():
+            if not g.closed:
+                peers.update(peer_of(n) for n in g.member_ids())
+        peers.discard(self.peer_id)
+        for peer in sorted(peers):
+            if peer in self._in_flight:
+                continue
+            quiet = now - self._exchanged.get(peer, -1e18)
+            urgent = peer in self._urgent
+            if self.peer_id < peer:
+                if not urgent and quiet < self.poll:
+                    continue
+            elif not self._outbox.get(peer) or (quiet < 3 * self.tick if urgent else quiet < 3 * self.poll):
+                continue
+            self._urgent.discard(peer)
+            frame = self._take(peer) or self._empty(peer)
+            self._in_flight.add(peer)
+            self._exchanged[peer] = now
+            self._nursery.start_soon(self._send, peer, frame)
+
+    def _empty(self, peer: str) -> list:
+        self._seq_out[peer] = seq = self._seq_out.get(peer, 0) + 1
+        return [self.incarnation, seq, []]
 
     async def _send(self, peer: str, frame: list) -> None:
         try:
@@ -173,6 +207,7 @@ class Driver:
     async def _serve(self, sender: str, frame) -> list | None:
         if self.gate is not None:
             await self.gate()
+        self._exchanged[sender] = self.clock()
         self.receive(sender, frame)
         return self._take(sender)
 
@@ -295,6 +330,16 @@ class Driver:
 
     def member_state(self) -> dict:
         return {"groups": len(self.groups), **self.counters, **self.stats}
+
+
+def _urgent(msg: dict) -> bool:
+    """Anything but an idle heartbeat (append_entries without entries) and its answer."""
+    kind = msg.get("type")
+    if kind == "append_entries":
+        return bool(msg.get("entries")) or "serialized" in msg
+    if kind == "next_node_idx":
+        return not msg.get("success") or msg.get("reset")
+    return True
 
 
 def _size(msg: dict) -> int:

@@ -59,13 +59,17 @@ class RaftTiming:
     """pysyncobj's timers, in seconds of the group's clock. Election timeouts must exceed three
     heartbeats (pysyncobj checks); a partitioned leader steps down after `leader_fallback`
     (pysyncobj's default is 30 s: nothing here trusts is_leader for safety, but Explain and the
-    events should not show a stale leader for that long)."""
+    events should not show a stale leader for that long). The driver ticks every `tick` (votes,
+    proposals and new entries go out at once) but heartbeats travel every `heartbeat`, all
+    groups' together. The defaults trade Raft failover (≈ 0.8 s; leases of 15 s outlast it many
+    times, so no pod notices) against the cost of idle groups over libp2p (100 groups ≈ 4 % of a
+    core); heartbeats of 0.05 s fail over in ≈ 0.35 s for ≈ 14 %."""
 
     tick: float = 0.05
-    heartbeat: float = 0.05
-    election_min: float = 0.2
-    election_max: float = 0.4
-    leader_fallback: float = 0.4
+    heartbeat: float = 0.2
+    election_min: float = 0.65
+    election_max: float = 1.3
+    leader_fallback: float = 1.3
     compact_entries: int = 2000  # in-memory log compaction: entries ...
     compact_seconds: float = 300.0  # ... or age
 

@@ -40,8 +40,12 @@ class Decision:
     revision: int = 0  # re-placements within one generation (healing after a peer died)
 
     def order(self) -> tuple:
-        digest = hashlib.sha256(f"{self.origin}\0{self.decided_usec}\0{self.assignments}".encode()).hexdigest()
-        return (self.generation, self.revision, self.decided_usec, digest)
+        cached = self.__dict__.get("_order")  # asked on every merge and anti-entropy round
+        if cached is None:
+            digest = hashlib.sha256(f"{self.origin}\0{self.decided_usec}\0{self.assignments}".encode()).hexdigest()
+            cached = (self.generation, self.revision, self.decided_usec, digest)
+            object.__setattr__(self, "_order", cached)  # not a field: eq, repr and replace() ignore it
+        return cached
 
     @property
     def deleted(self) -> bool:

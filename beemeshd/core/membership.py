@@ -346,6 +346,10 @@ class Membership:
         """Members a client should see (pending ones are only rumours)."""
         return [m for m in self.members.values() if m.state != PENDING]
 
+    def random_alive(self, rng: random.Random) -> str | None:
+        alive = [pid for pid, m in self.members.items() if m.state == ALIVE]
+        return rng.choice(alive) if alive else None
+
     def any_alive(self) -> bool:
         return any(m.state == ALIVE for m in self.members.values())
 

@@ -7,12 +7,13 @@ Labels carry everything needed to re-adopt a pod after a daemon restart without 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
 from dataclasses import asdict
 
-from beemeshd.model import Workload
+from beemeshd.model import PodTemplate, Workload
 from beemeshd.runtime.base import MANAGED_LABEL, ContainerSpec, PodSpec, PortMapping
 
 WORKLOAD = "io.beemesh.workload"
@@ -33,7 +34,14 @@ def pod_name(namespace: str, replica: str) -> str:
 
 def template_hash(w: Workload) -> str:
     """Changes exactly when the pod template changes (not on scale), so only then are pods replaced."""
-    blob = json.dumps(asdict(w.template), sort_keys=True, default=str)
+    return _template_digest(w.template)
+
+
+@functools.lru_cache(maxsize=4096)
+def _template_digest(template: PodTemplate) -> str:
+    # cached: every reconcile pass renders every pod it wants, and asdict() of a template costs
+    # ~100 µs (templates are frozen, so equal ones hash alike)
+    blob = json.dumps(asdict(template), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,9 @@ once we have a first contact, does that); at most every SYNC_INTERVAL we also se
 therefore learns the whole mesh in one round trip, probes everyone it learned of, and is seen by
 all within about one ping interval. Relayed records are signed by their owners but may be old,
 so they make a peer worth probing, not alive. GossipSub on `beemesh/records` carries record
-changes, and a refresh every RECORD_REFRESH seconds (uptime is carried forward locally between).
+changes, and a refresh every RECORD_REFRESH seconds (uptime is carried forward locally between),
+stretched in views larger than HELLO_LIMIT so that the whole mesh's refreshes reach a peer at a
+bounded rate (about HELLO_LIMIT per RECORD_REFRESH) instead of O(n) a second.
 
 Membership (with an `admission`, core/admission.py; without one the mesh is open, as unit tests
 and simulators of other features use it): only peers holding a valid credential of this mesh
@@ -77,6 +79,7 @@ DEFAULT_RECORD = {
 class MeshBase:
     RECORD_REFRESH = 60.0  # records change rarely; each refresh costs every peer a message
     SYNC_INTERVAL = 5.0
+    SYNC_BUDGET = proto.MAX_ENVELOPE // 2  # bytes of records in one view-sync reply
     HELLO_LIMIT = 64  # views larger than this learn newcomers from their gossiped record only
     ANNOUNCE_DELAY = 1.0  # after the first contact: time for GossipSub to learn our subscriptions
     SUB_BUFFER = 1024
@@ -363,7 +366,11 @@ class MeshBase:
             except Exception as exc:
                 log.warning("%s handler failed for %s: %s", protocol, remote, exc, exc_info=True)
                 reply = {"error": str(exc) or type(exc).__name__}
-        return self.signer.seal(protocol, "rep", reply, self._wall())
+        try:
+            return self.signer.seal(protocol, "rep", reply, self._wall())
+        except ValueError as exc:  # a reply too large to send is the handler's failure, not ours
+            log.warning("%s reply to %s not sent: %s", protocol, remote, exc)
+            return self.signer.seal(protocol, "rep", {"error": str(exc)}, self._wall())
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -424,6 +431,13 @@ class MeshBase:
         news = self.membership.take_rumours()
         if news and self._nursery is not None:
             self._nursery.start_soon(self.publish, proto.TOPIC_MEMBERSHIP, {"rumours": [list(r) for r in news]})
+        if now - self._last_full_sync >= 2 * self.SYNC_INTERVAL and self._nursery is not None:
+            # anti-entropy: peers that joined alongside us (not yet in our bootstrap peer's view
+            # when we synced, their records gossiped before we listened) would otherwise wait
+            # for their next record refresh
+            peer = self.membership.random_alive(self.rng)
+            if peer is not None:
+                self._nursery.start_soon(self._sync, peer)
 
     def _hear_rumours(self, payload: dict, now: float) -> bool:
         """Apply another peer's failure-detector news; a suspicion of this peer is refuted by
@@ -483,7 +497,8 @@ class MeshBase:
     async def _record_loop(self) -> None:
         while True:
             await self._send_gossip(proto.TOPIC_RECORDS, self._seal_record())
-            with trio.move_on_after(self.RECORD_REFRESH):
+            views = len(self.membership.members) / self.HELLO_LIMIT
+            with trio.move_on_after(self.RECORD_REFRESH * max(1.0, views)):
                 await self._record_changed.wait()
             self._record_changed = trio.Event()
 
@@ -514,7 +529,15 @@ class MeshBase:
     async def _handle_sync(self, env: proto.Envelope) -> dict:
         known = self._merge(env.payload)
         extra = self.membership.newer_than(known) if known is not None else []
-        return proto.sync_payload([self._record_raw, *extra])
+        # A view of ~1,500 records no longer fits one envelope (MAX_ENVELOPE): send what fits;
+        # the asker's next full sync (its digest then holds these) brings the rest.
+        out, size = [self._record_raw], 0
+        for raw in extra:
+            size += (len(raw) + 2) * 4 // 3 + 4  # base64 and JSON quoting
+            if size > self.SYNC_BUDGET:
+                break
+            out.append(raw)
+        return proto.sync_payload(out)
 
     def _merge(self, payload: dict) -> dict | None:
         """Learn the records of a sync message; its digest (or None)."""

@@ -158,12 +158,15 @@ class FakeNetwork:
         """Hop by hop: every peer that accepted the message forwards it to its neighbours except
         the one it came from; the first copy is delivered, duplicates only counted."""
         now = trio.current_time()
+        joined = self.joined  # (walked in the order peers were added: a set's order varies by process)
         if now - self._heartbeat >= self.HEARTBEAT:  # every mesh repairs itself (GossipSub's heartbeat)
             self._heartbeat = now
-            for pid in list(self.joined):
+            for pid in [p for p in self._neighbours if p not in joined]:
+                del self._neighbours[pid]  # left (their links go when their neighbours next look)
+            for pid in [p for p in self._ids if p in joined]:
                 self.neighbours(pid)
-        else:  # newcomers graft their own mesh at once
-            for pid in self.joined - self._neighbours.keys():
+        elif len(self._neighbours) < len(joined):  # newcomers graft their own mesh at once
+            for pid in [p for p in self._ids if p in joined and p not in self._neighbours]:
                 self.neighbours(pid)
         target = sum(1 for pid in self.joined if self.same_side(src, pid))
         have, frontier = {src}, [(src, None)]

@@ -194,3 +194,21 @@ async def test_a_malformed_rumour_is_dropped_and_counted(autojump_clock, n):
         assert sum(m.counters["malformedMessages"] for m in ms[1:]) == n - 1
         assert all(state_of(m, ms[1].peer_id) == ALIVE for m in ms[2:])
         nursery.cancel_scope.cancel()
+
+
+async def test_a_view_sync_reply_fits_one_envelope_however_large_the_view(autojump_clock):
+    """A newcomer's first sync asks for the whole view: ~1,500 records no longer fit one envelope
+    (the answering peer's handler used to fail sealing it); it gets what fits, the rest later."""
+    m = FakeMesh(FakeNetwork(seed=1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(m.run)
+        for i in range(3000):
+            pid = f"peer{i:04d}"
+            m.membership.learned(pid, {"addresses": [], "uptimeSeconds": 0.0}, b"r" * 600 + pid.encode(), 1, 0.0)
+            m.membership.heard(pid, 0.0)
+        ask = proto.Envelope(proto.PROTO_SYNC, "req", "asker", 0.0, "0" * 32, {"records": [], "known": {}})
+        reply = await m._handle_sync(ask)
+        assert len(proto.canonical(reply)) < proto.MAX_ENVELOPE
+        assert 500 < len(reply["records"]) < 3000
+        m.signer.seal(proto.PROTO_SYNC, "rep", {"ok": reply}, 0.0)  # and it can be sent
+        nursery.cancel_scope.cancel()

@@ -26,7 +26,9 @@ from beemeshd.stateful_files import StatefulFiles
 
 IMAGE = "localhost/beemesh-busybox:latest"
 GI = 1 << 30
-SETTINGS = Settings(L.Timing(lease=3.0, renew_every=1.0, retry=0.2, stop_margin=1.0, margin=0.2), RaftTiming())
+# 3 s leases (renewed every second) need Raft faster than the daemon's defaults (0.2 s heartbeats)
+SETTINGS = Settings(L.Timing(lease=3.0, renew_every=1.0, retry=0.2, stop_margin=1.0, margin=0.2),
+                    RaftTiming(tick=0.05, heartbeat=0.05, election_min=0.2, election_max=0.4, leader_fallback=0.4))
 
 
 def statefulset(name="db", replicas=2, policy="OrderedReady"):
@@ -45,6 +47,7 @@ class Recording(FakeRuntime):
         super().__init__(now=trio.current_time)
         self.history, self.peer_name = history, peer_name
         self.tokens = {}
+        self.live = set()
 
     def _record(self, pod, kind):
         if ".default" in pod and pod.startswith("db-"):
@@ -52,12 +55,18 @@ class Recording(FakeRuntime):
 
     async def create_pod(self, spec):
         self._record(spec.name, START)
-        return await super().create_pod(spec)
+        self.live.add(spec.name)
+        try:
+            return await super().create_pod(spec)
+        except Exception:
+            self.live.discard(spec.name)
+            self._record(spec.name, STOP)
+            raise
 
     async def remove_pod(self, name):
-        present = name in self._pods
         await super().remove_pod(name)
-        if present:
+        if name in self.live:  # two removes of one pod record one stop
+            self.live.discard(name)
             self._record(name, STOP)
 
 
@@ -274,15 +283,27 @@ async def test_scaling_down_releases_the_highest_ordinal(nursery, tmp_path, auto
     assert sum(len(p.runtime.pod_names()) for p in peers) == 2 and check(history) == []
 
 
-def test_founders_and_members_come_from_the_decision():
-    from beemeshd.core.catalog import Decision
-    from beemeshd.stateful import creating, desired_peers, founders
-
-    d = Decision(("ns", "StatefulSet", "db"), 1, {}, (("db-0", "a"), ("db-1", "a"), ("db-2", "b")),
-                 bids=({"peer": "b"}, {"peer": "c"}, {"peer": "d"}), declined=(("e", "full"),),
-                 decided_usec=1_000_500, created_usec=1_000_000)
-    assert founders(d, 3) == ["a", "b", "c"] and founders(d, 5) == ["a", "b", "c", "d", "e"]
-    assert creating(d)
-    assert not creating(dataclasses.replace(d, decided_usec=9_000_000))  # a later scale or heal
-    assert not creating(dataclasses.replace(d, revision=1))
-    assert desired_peers(d, ["a", "b", "x", "y"], 3)[:2] == ["a", "b"] and len(desired_peers(d, ["x", "y"], 3)) == 3
+async def test_a_holder_that_shuts_down_hands_its_ordinal_over_without_the_wait(
+        nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    key = ("default", "StatefulSet", "db")
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    pod = render.pod_name("default", "db-0")
+    [holder] = running(peers, pod)
+    others = [p for p in peers if p is not holder]
+    t0 = trio.current_time()
+    await holder.st.shutdown()
+    assert pod not in holder.runtime.pod_names()
+    # released (and maybe already granted to the peer it was handed to)
+    await until(lambda: all(p.st.members[key].machine.table().get(0).holder != holder.id for p in others))
+    holder.kill()
+    await until(lambda: any(pod in p.runtime.pod_names() for p in others), timeout=30)
+    took = trio.current_time() - t0
+    # handed over (a new decision) and released: sooner than the failure detector (2 s here)
+    # plus the lease wait (W ≈ 3.2 s) would allow — at most a Raft election if it led the group
+    assert took < 2.0 + SETTINGS.lease.regrant_after
+    ex = others[0].w.explain("db", None)
+    assert "shutting down" in ex["decisions"][0]["rule"]
+    assert check(history) == []
