@@ -68,6 +68,16 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class VolumeClaim:
+    """A StatefulSet `volumeClaimTemplates` entry: each ordinal gets its own named Podman volume
+    `<name>-<statefulset>-<ordinal>.<namespace>` on the peer that holds it (beemeshd.core.render)."""
+
+    name: str
+    access_modes: tuple[str, ...] = ("ReadWriteOnce",)
+    storage_bytes: int | None = None  # requested size; Podman's local volumes do not enforce it
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     image: str
@@ -129,6 +139,7 @@ class Workload:
     # of repr, which would otherwise flood logs).
     manifest: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     service_type: str = ""  # "ClusterIP" | "NodePort" for a Service, else ""
+    volume_claims: tuple[VolumeClaim, ...] = ()  # StatefulSet volumeClaimTemplates
 
     @property
     def key(self) -> tuple[str, str, str]:

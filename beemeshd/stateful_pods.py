@@ -29,7 +29,7 @@ import trio
 from beemeshd import errors
 from beemeshd.core import render
 from beemeshd.core.catalog import Key
-from beemeshd.runtime.base import RuntimeFailure
+from beemeshd.runtime.base import FENCE_FILE, RuntimeFailure
 from beemeshd.stateful_files import StatefulFiles
 
 log = logging.getLogger("beemeshd.stateful")
@@ -130,15 +130,35 @@ class PodGuard:
         if token is None:
             raise RuntimeFailure(f"{d.replica} holds no lease here (yet)")
         fence = self.files.fence(w.namespace, w.name, d.ordinal)
+        in_volumes = await self._volume_fence(d)
+        if in_volumes > fence:  # e.g. the state directory was wiped, or the volume brought in:
+            # raising the file here raises the floor this peer reports, so the next grant beats it
+            await trio.to_thread.run_sync(self.files.set_fence, w.namespace, w.name, d.ordinal, in_volumes)
+            fence = in_volumes
         if fence > token:  # the keeper raises the group's floor to it; the next grant beats it
             raise RuntimeFailure(f"{d.replica} is fenced: it last ran here under token {fence}, "
                                  f"the lease now has {token}")
         valid_until = m.machine.holder.valid_until(d.ordinal)
         deadline = valid_until - self.settings.lease.stop_margin / 2
+        for _, vol in d.spec.claims:  # the token travels with the data (e.g. `podman volume export`)
+            await self.runtime.write_volume_file(vol, FENCE_FILE, f"{int(token)}\n".encode())
         await trio.to_thread.run_sync(self._persist_start, w, d, token, deadline)
         self.pods[d.pod] = LocalPod(w.key, d.ordinal, token, deadline=deadline)
         self._history("start", w.key, d.ordinal, token)
         self._ensure_watchdog()
+
+    async def _volume_fence(self, d) -> int:
+        """The highest token in the fence files of the ordinal's claim volumes (created here when
+        missing: a fresh volume holds none)."""
+        highest = 0
+        for claim, vol in d.spec.claims:
+            await self.runtime.ensure_volume(vol, d.spec.claim_labels(claim))
+            raw = await self.runtime.read_volume_file(vol, FENCE_FILE)
+            try:
+                highest = max(highest, int((raw or b"0").decode("ascii", "replace").strip() or 0))
+            except ValueError:  # the container can write there; a damaged file counts as none
+                log.warning("%s: ignoring the unreadable fence file in volume %s", d.replica, vol)
+        return highest
 
     def _persist_start(self, w, d, token: int, deadline: float) -> None:
         self.files.set_fence(w.namespace, w.name, d.ordinal, token)

@@ -16,6 +16,11 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and creates the test user)"
 STAMPS=$BEEMESH_LIB/stamps
+# The venv's own stamps (deps, project): a second venv (BEEMESH_VENV) must not skip its
+# dependencies because another venv's stamp says they are installed.
+VSTAMPS=$STAMPS
+[ "$VENV" = /var/lib/beemesh/venv ] || VSTAMPS=$STAMPS/$(basename "$VENV")
+mkdir -p "$VSTAMPS"
 mkdir -p "$STAMPS"
 chmod 0755 "$BEEMESH_LIB"
 
@@ -81,7 +86,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     /usr/bin/python3 -m venv "$VENV"
 fi
 deps_hash=$(cat "$HERE/pyproject.toml" | sha256sum | cut -c1-16)
-if [ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$deps_hash" ]; then
+if [ "$(cat "$VSTAMPS/deps" 2>/dev/null)" != "$deps_hash" ]; then
     step "installing Python dependencies into $VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     # Install the dependencies (and test extras) from pyproject, not the project itself.
@@ -91,18 +96,18 @@ p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print("\n".join(p["dependencies"] + [d for ds in p["optional-dependencies"].values() for d in ds]))
 PY
     "$VENV/bin/pip" install -q -r "$BEEMESH_LIB/requirements.txt"
-    echo "$deps_hash" > "$STAMPS/deps"
-    rm -f "$STAMPS/project"
+    echo "$deps_hash" > "$VSTAMPS/deps"
+    rm -f "$VSTAMPS/project"
 fi
 src_hash=$(cd "$HERE" && find beemeshd interfaces pyproject.toml -type f -not -name '*.pyc' | sort | xargs cat | sha256sum | cut -c1-16)
-if [ "$(cat "$STAMPS/project" 2>/dev/null)" != "$src_hash" ]; then
+if [ "$(cat "$VSTAMPS/project" 2>/dev/null)" != "$src_hash" ]; then
     step "installing beemesh into $VENV"
     # Build from a copy: the checkout may not be writable or may hold stale build/ dirs.
     tmp=$(mktemp -d)
     (cd "$HERE" && tar cf - pyproject.toml README.md beemeshd interfaces) | tar xf - -C "$tmp"
     "$VENV/bin/pip" install -q --no-deps --force-reinstall "$tmp"
     rm -rf "$tmp"
-    echo "$src_hash" > "$STAMPS/project"
+    echo "$src_hash" > "$VSTAMPS/project"
 fi
 chmod -R a+rX "$VENV"
 asuser test -x "$VENV/bin/beemeshd" || die "$U cannot run $VENV/bin/beemeshd"

@@ -23,7 +23,7 @@ from beemeshd.core.manifest_schema import (
     protocol_field, quantity_field, required, top_level, walk)
 from beemeshd.errors import InvalidManifest
 from beemeshd.model import (Container, Pairs, PodTemplate, Port, Probe, Resources, ServicePort,
-                            Volume, VolumeMount, Workload)
+                            Volume, VolumeClaim, VolumeMount, Workload)
 
 MAX_TEXT_BYTES = 1 << 20
 MAX_OBJECTS = 100
@@ -119,7 +119,7 @@ def _default_pull_policy(image: str) -> str:
     return "IfNotPresent" if ":" in last and not last.endswith(":latest") else "Always"
 
 
-def _container(c: dict, path: str, volume_names: set) -> Container:
+def _container(c: dict, path: str, volume_names: set | dict) -> Container:
     name = check_name(required(c, "name", path), join(path, "name"), k8s_names.dns1123_label)
     image = required(c, "image", path)
     if image != "".join(image.split()):
@@ -174,14 +174,19 @@ def _volume(v: dict, path: str) -> Volume:
     return Volume(name=name, kind="emptyDir", medium=medium, size_limit_bytes=size)
 
 
-def _pod_template(spec: dict | None, path: str, labels: Pairs, annotations: Pairs) -> PodTemplate:
+def _pod_template(spec: dict | None, path: str, labels: Pairs, annotations: Pairs,
+                  claims: tuple[VolumeClaim, ...] = ()) -> PodTemplate:
     volumes: list[Volume] = []
     for i, v in enumerate(get(spec, "volumes", [])):
         volume = _volume(v, f"{path}.volumes[{i}]")
         if any(volume.name == other.name for other in volumes):
             raise InvalidManifest(f"{path}.volumes[{i}].name", f"duplicate volume name {volume.name!r}")
+        if any(volume.name == claim.name for claim in claims):
+            raise InvalidManifest(f"{path}.volumes[{i}].name",
+                                  f"{volume.name!r} is also a volumeClaimTemplates name: a mount "
+                                  "could mean either")
         volumes.append(volume)
-    volume_names = {v.name for v in volumes}
+    volume_names = {v.name for v in volumes} | {c.name for c in claims}
     containers: list[Container] = []
     host_ports: dict[tuple[int, str], str] = {}
     for i, c in enumerate(required(spec, "containers", path)):
@@ -267,6 +272,54 @@ def _statefulset_extras(spec: dict) -> str:
     if rolling is not None:
         int_field(rolling, "partition", "spec.updateStrategy.rollingUpdate", 0)
     return enum_field(spec, "podManagementPolicy", "spec", ("OrderedReady", "Parallel"), "OrderedReady")
+
+
+_ACCESS_MODES = ("ReadWriteOnce", "ReadWriteOncePod", "ReadOnlyMany", "ReadWriteMany")
+_RETENTION = "spec.persistentVolumeClaimRetentionPolicy"
+
+
+def _volume_claims(spec: dict) -> tuple[VolumeClaim, ...]:
+    """spec.volumeClaimTemplates: one named Podman volume per ordinal, on the peer holding it."""
+    claims: list[VolumeClaim] = []
+    for i, t in enumerate(get(spec, "volumeClaimTemplates", [])):
+        path = f"spec.volumeClaimTemplates[{i}]"
+        meta = required(t, "metadata", path)
+        name = check_name(required(meta, "name", join(path, "metadata")), join(path, "metadata.name"),
+                          k8s_names.dns1123_label)
+        if any(name == other.name for other in claims):
+            raise InvalidManifest(join(path, "metadata.name"), f"duplicate claim name {name!r}")
+        cspec, spath = required(t, "spec", path), join(path, "spec")
+        modes = required(cspec, "accessModes", spath)
+        mpath = join(spath, "accessModes")
+        if not modes:
+            raise InvalidManifest(mpath, "must name at least one access mode (ReadWriteOnce)")
+        for j, mode in enumerate(modes):
+            if mode not in _ACCESS_MODES:
+                raise InvalidManifest(f"{mpath}[{j}]", f"unknown access mode {mode!r} "
+                                      f"(one of: {', '.join(_ACCESS_MODES)})")
+            if mode in ("ReadOnlyMany", "ReadWriteMany"):
+                raise InvalidManifest(f"{mpath}[{j}]", f"{mode} is not possible: each claim is a "
+                                      "Podman volume on one peer (use ReadWriteOnce)")
+        volume_mode = get(cspec, "volumeMode", "Filesystem")
+        if volume_mode != "Filesystem":
+            raise InvalidManifest(join(spath, "volumeMode"),
+                                  f"must be 'Filesystem' (Podman volumes are directories), found {volume_mode!r}")
+        rpath = join(spath, "resources.requests")
+        storage = get(get(get(cspec, "resources", {}), "requests", {}), "storage")
+        if storage is None:
+            raise InvalidManifest(join(rpath, "storage"), "required (for example '1Gi'); note that "
+                                  "Podman's local volumes do not enforce it")
+        size = quantity_field(quantity.memory_bytes, storage, join(rpath, "storage"))
+        if not size:
+            raise InvalidManifest(join(rpath, "storage"), f"must be greater than zero, found {storage!r}")
+        claims.append(VolumeClaim(name=name, access_modes=tuple(modes), storage_bytes=size))
+    policy = get(spec, "persistentVolumeClaimRetentionPolicy", {})
+    for key in ("whenDeleted", "whenScaled"):
+        value = get(policy, key, "Retain")
+        if value != "Retain":
+            raise InvalidManifest(join(_RETENTION, key), f"only 'Retain' is supported (volumes are "
+                                  f"kept; remove them with `podman volume rm`), found {value!r}")
+    return tuple(claims)
 
 
 def _service_ports(spec: dict, service_type: str) -> tuple[ServicePort, ...]:
@@ -364,7 +417,8 @@ def _build(obj: Any) -> Workload:
     tlabels = label_pairs(get(tmeta, "labels"), "spec.template.metadata.labels")
     tannotations = label_pairs(get(tmeta, "annotations"), "spec.template.metadata.annotations",
                                values=False)
-    pod = _pod_template(get(template, "spec"), "spec.template.spec", tlabels, tannotations)
+    claims = _volume_claims(spec) if kind == "StatefulSet" else ()
+    pod = _pod_template(get(template, "spec"), "spec.template.spec", tlabels, tannotations, claims)
     if pod.restart_policy != "Always":  # Kubernetes rule: a controller restarts its pods itself
         raise InvalidManifest("spec.template.spec.restartPolicy",
                               f"must be 'Always' for a {kind}, found {pod.restart_policy!r}")
@@ -374,7 +428,7 @@ def _build(obj: Any) -> Workload:
         _deployment_extras(spec)
     replicas = int_field(spec, "replicas", "spec", 1, hi=MAX_REPLICAS)
     return Workload(**common, replicas=replicas, template=pod, selector=selector,
-                    pod_management_policy=policy)
+                    pod_management_policy=policy, volume_claims=claims)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -147,12 +147,22 @@ DEPLOYMENT_SPEC = Obj({
     "strategy": Obj({"type": STR, "rollingUpdate": Obj({"maxSurge": INT_OR_STR,
                                                         "maxUnavailable": INT_OR_STR})}),
     "minReadySeconds": INT, "revisionHistoryLimit": INT, "progressDeadlineSeconds": INT,
-})
+}, hints={"volumeClaimTemplates": "only a StatefulSet has per-replica volumes; use a StatefulSet, "
+          "or emptyDir volumes in the pod template"})
 STATEFULSET_SPEC = Obj({
     "replicas": INT, "selector": SELECTOR, "template": TEMPLATE, "serviceName": STR,
     "podManagementPolicy": STR,
     "updateStrategy": Obj({"type": STR, "rollingUpdate": Obj({"partition": INT})}),
-}, hints={"volumeClaimTemplates": "BeeMesh has no persistent volumes yet"})
+    "volumeClaimTemplates": ListOf(Obj({
+        "metadata": Obj({"name": STR, "labels": STR_MAP, "annotations": STR_MAP}, SERVER_META),
+        # storageClassName is accepted and ignored: every claim is a local named Podman volume
+        "spec": Obj({"accessModes": ListOf(STR), "resources": Obj({"requests": Obj({"storage": QUANTITY})}),
+                     "storageClassName": STR, "volumeMode": STR},
+                    hints={"selector": "claims are local Podman volumes, never bound to existing ones",
+                           "dataSource": "claims start empty (no cloning or snapshots)"}),
+    })),
+    "persistentVolumeClaimRetentionPolicy": Obj({"whenDeleted": STR, "whenScaled": STR}),
+})
 SERVICE_SPEC = Obj({
     "type": STR, "selector": STR_MAP,
     "ports": ListOf(Obj({"name": STR, "port": INT, "targetPort": INT_OR_STR, "protocol": STR,

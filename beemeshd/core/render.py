@@ -32,6 +32,12 @@ def pod_name(namespace: str, replica: str) -> str:
     return f"{replica}.{namespace}"
 
 
+def claim_volume_name(w: Workload, claim: str, ordinal: int) -> str:
+    """The Podman volume of one ordinal's claim: Kubernetes' PVC name `<claim>-<set>-<ordinal>`,
+    plus the namespace, as for pods, since one Podman store holds every namespace."""
+    return f"{claim}-{w.name}-{ordinal}.{w.namespace}"
+
+
 def template_hash(w: Workload) -> str:
     """Changes exactly when the pod template changes (not on scale), so only then are pods replaced."""
     return _template_digest(w.template)
@@ -104,4 +110,5 @@ def render(w: Workload, ordinal: int, generation: int, *, host_ip: str, local_in
         containers=tuple(containers),
         ports=tuple(ports),
         volumes=tuple(v.name for v in t.volumes),
+        claims=tuple((c.name, claim_volume_name(w, c.name, ordinal)) for c in w.volume_claims),
     )

@@ -15,6 +15,13 @@ from typing import Protocol
 MANAGED_LABEL = "io.beemesh.managed"
 POD_LABEL = "io.beemesh.pod"  # on containers and volumes: the pod they belong to
 CONTAINER_LABEL = "io.beemesh.container"  # on containers: the name inside the pod
+# On a StatefulSet ordinal's claim volume (instead of POD_LABEL, so that removing the pod keeps
+# it): the claim's name. It also carries the pod's workload, namespace, kind and ordinal labels.
+CLAIM_LABEL = "io.beemesh.claim"
+_CLAIM_COPIED = ("io.beemesh.workload", "io.beemesh.namespace", "io.beemesh.kind", "io.beemesh.ordinal",
+                 "io.beemesh.peer")
+# The file in each claim volume holding the highest fencing token the ordinal was started under.
+FENCE_FILE = ".beemesh-fence"
 
 # Seconds a container gets between SIGTERM and SIGKILL. busybox httpd as PID 1 ignores SIGTERM,
 # so Podman's default of 10 s would make every stop or restart of such a container take 10 s.
@@ -60,6 +67,13 @@ class PodSpec:
     containers: tuple[ContainerSpec, ...] = ()
     ports: tuple[PortMapping, ...] = ()
     volumes: tuple[str, ...] = ()  # emptyDir volume names; they live and die with the pod
+    # StatefulSet claims: (name the mounts use, Podman volume name). Created when missing, never
+    # removed by BeeMesh: they outlive the pod (restarts, re-creation, scale down, Delete).
+    claims: tuple[tuple[str, str], ...] = ()
+
+    def claim_labels(self, claim: str) -> dict[str, str]:
+        pod = dict(self.labels)
+        return {MANAGED_LABEL: "true", CLAIM_LABEL: claim, **{k: pod[k] for k in _CLAIM_COPIED if k in pod}}
 
 
 @dataclass
@@ -126,8 +140,9 @@ def validate(spec: PodSpec) -> None:
     if len(set(names)) != len(names):
         raise RuntimeFailure(f"{spec.name}: duplicate container names")
     for c in spec.containers:
+        claims = {name for name, _ in spec.claims}
         for vol, _, _ in c.mounts:
-            if vol not in spec.volumes:
+            if vol not in spec.volumes and vol not in claims:
                 raise RuntimeFailure(
                     f"{spec.name}: container {c.name} mounts undeclared volume {vol}")
 
@@ -176,3 +191,12 @@ class Runtime(Protocol):
         the container stops or is removed, or the iterator is closed (`aclose()`)."""
 
     async def image_exists(self, image: str) -> bool: ...
+
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        """Create the named volume with `labels` unless it exists (then it is left as it is)."""
+
+    async def read_volume_file(self, volume: str, filename: str) -> bytes | None:
+        """A file at the top of an existing volume (None: no such file)."""
+
+    async def write_volume_file(self, volume: str, filename: str, data: bytes) -> None:
+        """Write (atomically, fsync'd) a file at the top of an existing volume."""

@@ -60,6 +60,8 @@ class FakeRuntime:
         self.closed = False
         self._now = now
         self._pods: dict[str, _Pod] = {}
+        # named (claim) volumes: name -> (labels, files). They outlive pods, as in Podman.
+        self.volumes: dict[str, tuple[dict[str, str], dict[str, bytes]]] = {}
         self._available = True
         self._failures: list[str] = []
         self._ids = itertools.count(1)
@@ -123,6 +125,8 @@ class FakeRuntime:
         if self._failures:
             raise RuntimeFailure(self._failures.pop(0))
         self._validate(spec)
+        for claim, vol in spec.claims:
+            self.volumes.setdefault(vol, (spec.claim_labels(claim), {}))
         now = self._now()
         containers = {
             c.name: _Container(ObservedContainer(
@@ -182,7 +186,24 @@ class FakeRuntime:
         await self._enter("image_exists", image)
         return self.images is None or image in self.images
 
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        await self._enter("ensure_volume", name, dict(labels))
+        self.volumes.setdefault(name, (dict(labels), {}))
+
+    async def read_volume_file(self, volume: str, filename: str) -> bytes | None:
+        await self._enter("read_volume_file", volume, filename)
+        return self._volume(volume).get(filename)
+
+    async def write_volume_file(self, volume: str, filename: str, data: bytes) -> None:
+        await self._enter("write_volume_file", volume, filename, bytes(data))
+        self._volume(volume)[filename] = bytes(data)
+
     # --- helpers ---
+
+    def _volume(self, name: str) -> dict[str, bytes]:
+        if name not in self.volumes:
+            raise RuntimeFailure(f"no such volume: {name}")
+        return self.volumes[name][1]
 
     async def _enter(self, method: str, *args) -> None:
         self.calls.append((method, *args))

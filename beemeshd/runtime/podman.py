@@ -368,6 +368,15 @@ class PodmanRuntime:
     async def image_exists(self, image: str) -> bool:
         return await self._run(lambda c: c.images.exists(image))
 
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        await self._run(_ensure_volume, name, dict(labels))
+
+    async def read_volume_file(self, volume: str, filename: str) -> bytes | None:
+        return await self._run(_read_volume_file, volume, _top_level(filename))
+
+    async def write_volume_file(self, volume: str, filename: str, data: bytes) -> None:
+        await self._run(_write_volume_file, volume, _top_level(filename), bytes(data))
+
 
 # --- Operations, each run in one worker thread ----------------------------------------------
 
@@ -390,6 +399,8 @@ def _create_pod(c: PodmanClient, spec: PodSpec, network_mode: str) -> ObservedPo
             labels = {MANAGED_LABEL: "true", POD_LABEL: spec.name}
             _check(c.api.post("/volumes/create", data=json.dumps(
                 {"Name": volume_name(spec.name, vol), "Label": labels})))
+        for claim, vol in spec.claims:  # kept across pods: created only when missing
+            _ensure_volume(c, vol, spec.claim_labels(claim))
         for ctr in spec.containers:
             _check(c.api.post("/containers/create",
                               data=json.dumps(container_body(spec, ctr, pod_id))))
@@ -428,6 +439,60 @@ def _remove_volumes(c: PodmanClient, pod: str) -> None:
     for v in vols or []:
         if (v.get("Labels") or {}).get(MANAGED_LABEL) == "true":
             _unless(c.api.delete, f"/volumes/{v['Name']}", (404,), params={"force": True})
+
+
+def _ensure_volume(c: PodmanClient, name: str, labels: dict[str, str]) -> None:
+    if c.api.get(f"/volumes/{name}/exists").status_code == 204:
+        return
+    # 409: created meanwhile (another create of the same ordinal's pod)
+    _unless(c.api.post, "/volumes/create", (409,), data=json.dumps({"Name": name, "Label": labels}))
+
+
+def _mountpoint(c: PodmanClient, volume: str) -> str:
+    mountpoint = _check(c.api.get(f"/volumes/{volume}/json")).json().get("Mountpoint")
+    if not mountpoint:
+        raise RuntimeFailure(f"volume {volume} has no mount point on this host")
+    return mountpoint
+
+
+def _top_level(filename: str) -> str:
+    if not filename or "/" in filename or filename in (".", ".."):
+        raise ValueError(f"not a file name: {filename!r}")
+    return filename
+
+
+def _read_volume_file(c: PodmanClient, volume: str, filename: str) -> bytes | None:
+    path = os.path.join(_mountpoint(c, volume), filename)
+    try:  # O_NOFOLLOW: the container owns the volume and could plant a symlink there
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot read {filename} in volume {volume}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        return f.read(4096)
+
+
+def _write_volume_file(c: PodmanClient, volume: str, filename: str, data: bytes) -> None:
+    root = _mountpoint(c, volume)
+    tmp = os.path.join(root, f".{filename}.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(root, filename))  # replaces a symlink itself, not its target
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write {filename} in volume {volume}: {exc.strerror}") from exc
 
 
 def _unless(method: Callable[..., Any], path: str, statuses: tuple[int, ...], **kw: Any) -> None:

@@ -81,8 +81,10 @@ def container_body(pod: PodSpec, c: ContainerSpec, pod_id: str) -> dict:
     if limits:  # rootless Podman on cgroup v1 accepts and ignores them
         body["resource_limits"] = limits
     if c.mounts:
+        claims = dict(pod.claims)
         body["volumes"] = [
-            {"Name": volume_name(pod.name, vol), "Dest": path, "Options": ["ro" if ro else "rw"]}
+            {"Name": claims.get(vol) or volume_name(pod.name, vol), "Dest": path,
+             "Options": ["ro" if ro else "rw"]}
             for vol, path, ro in c.mounts
         ]
     return body

@@ -328,7 +328,7 @@ def two_host_ports(obj):
     (D, "metadata.generateName", "api-", "metadata.generateName", "unsupported field"),
     (D, "kubectl", 1, "kubectl", "unsupported field"),
     (D, "status", {"replicas": 2}, "status", "remove it"),
-    (S, "spec.volumeClaimTemplates", [], "spec.volumeClaimTemplates", "no persistent volumes"),
+    (D, "spec.volumeClaimTemplates", [], "spec.volumeClaimTemplates", "only a StatefulSet"),
     (SVC, "spec.clusterIP", "None", "spec.clusterIP", "unsupported field"),
     # types
     (D, "spec.replicas", "3", "spec.replicas", "expected integer, found string '3'"),

@@ -20,6 +20,7 @@ from beemeshd.events import EventBus
 from beemeshd.mesh.fake import FakeMesh, FakeNetwork
 from beemeshd.mesh_workloads import Workloads
 from beemeshd.placement import Placement, local_state
+from beemeshd.runtime.base import FENCE_FILE
 from beemeshd.runtime.fake import FakeRuntime
 from beemeshd.stateful import PROTO_RAFT_JOIN, Settings, Stateful
 from beemeshd.stateful_files import StatefulFiles
@@ -31,11 +32,15 @@ SETTINGS = Settings(L.Timing(lease=3.0, renew_every=1.0, retry=0.2, stop_margin=
                     RaftTiming(tick=0.05, heartbeat=0.05, election_min=0.2, election_max=0.4, leader_fallback=0.4))
 
 
-def statefulset(name="db", replicas=2, policy="OrderedReady"):
+def statefulset(name="db", replicas=2, policy="OrderedReady", claim=False):
     c = {"name": "app", "image": IMAGE, "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}
     spec = {"replicas": replicas, "serviceName": name, "podManagementPolicy": policy,
             "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [c]}}}
+    if claim:
+        c["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+        spec["volumeClaimTemplates"] = [{"metadata": {"name": "data"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]
     return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name}, "spec": spec}
 
 
@@ -306,4 +311,55 @@ async def test_a_holder_that_shuts_down_hands_its_ordinal_over_without_the_wait(
     assert took < 2.0 + SETTINGS.lease.regrant_after
     ex = others[0].w.explain("db", None)
     assert "shutting down" in ex["decisions"][0]["rule"]
+    assert check(history) == []
+
+
+def fence_in(peer, volume):
+    return int(peer.runtime.volumes[volume][1][FENCE_FILE])
+
+
+async def test_an_ordinals_volume_carries_its_token_and_outlives_scale_down_and_delete(
+        nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    a = peers[0]
+    await a.w.deploy(manifest=statefulset(replicas=1, claim=True), yaml=None, namespace=None, wait=True,
+                     timeout=30, dry_run=False)
+    pod, vol = render.pod_name("default", "db-0"), "data-db-0.default"
+    [holder] = running(peers, pod)
+
+    assert fence_in(holder, vol) == holder.runtime.tokens[pod]
+    assert [p for p in peers if vol in p.runtime.volumes] == [holder]  # only where it runs
+    holder.runtime.volumes[vol][1]["data"] = b"kept"
+    await trio.sleep(1)  # it runs a while (a stop at the instant of the start sorts before it)
+    await a.w.scale("db", None, 0, True, 30)
+    await until(lambda: not running(peers, pod))
+    assert holder.runtime.volumes[vol][1]["data"] == b"kept"  # scale down keeps the volume
+    await a.w.delete("db", None, None, True, 30)
+    await until(lambda: not any(p.st.members for p in peers))
+    assert holder.runtime.volumes[vol][1]["data"] == b"kept"  # so does Delete (Retain)
+    assert check(history) == []
+
+
+async def test_a_higher_token_in_the_volume_refuses_the_start_until_a_grant_beats_it(
+        nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    await peers[0].w.deploy(manifest=statefulset(replicas=1, claim=True), yaml=None, namespace=None, wait=True,
+                            timeout=30, dry_run=False)
+    pod, vol = render.pod_name("default", "db-0"), "data-db-0.default"
+    [holder] = running(peers, pod)
+    planted = holder.runtime.tokens[pod] + 1000  # as if the volume came from a later holder
+    holder.runtime.volumes[vol][1][FENCE_FILE] = f"{planted}\n".encode()
+    await trio.sleep(1)
+    creates = len([c for c in holder.runtime.calls if c[0] == "create_pod"])
+    await holder.runtime.remove_pod(pod)  # the pod dies; the agent creates it again
+    await until(lambda: any(p.runtime.tokens.get(pod, 0) > planted and pod in p.runtime.pod_names()
+                            for p in peers), timeout=60)
+    [now] = running(peers, pod)
+    assert now.runtime.tokens[pod] > planted
+    if now is holder:  # the refused start left the pod down until the higher grant
+        assert fence_in(holder, vol) == now.runtime.tokens[pod]
+        assert len([c for c in holder.runtime.calls if c[0] == "create_pod"]) == creates + 1
+    assert holder.files.fence("default", "db", 0) >= planted
     assert check(history) == []
