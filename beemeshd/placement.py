@@ -33,7 +33,7 @@ from beemeshd import errors
 from beemeshd.core import scheduler as sch
 from beemeshd.core.catalog import Catalog, Decision, Key
 from beemeshd.core.manifest import parse_manifest
-from beemeshd.core.protocol import TOPIC_EVENTS
+from beemeshd.core.protocol import MAX_ENVELOPE, TOPIC_EVENTS, canonical
 from beemeshd.core.trust import INVALID, TrustBook
 from beemeshd.events import EventBus, make_event
 from beemeshd.model import Workload
@@ -554,12 +554,18 @@ class Placement:
         have = env.payload.get("have", {})
         if not isinstance(have, dict):
             raise ValueError("bad digest")
-        out = []
+        out, size = [], 0
         for k, d in self.catalog.entries.items():
             theirs = have.get(key_str(k))
             if not isinstance(theirs, list) or tuple(theirs) < d.order()[:3]:
-                out.append(d.to_wire())
-        return {"decisions": out[:500]}
+                wire = d.to_wire()
+                # what fits one envelope (a few hundred decisions with their bids did not: the
+                # reply failed and a peer that missed them never caught up); the rest next round
+                size += len(canonical(wire)) + 1
+                if size > MAX_ENVELOPE // 2 or len(out) == 500:
+                    break
+                out.append(wire)
+        return {"decisions": out}
 
 
 def _answer_from_wire(peer: str, task_id: str, p: dict) -> sch.Bid | sch.Decline:

@@ -120,9 +120,11 @@ def first_time(n: Node, cond, timeout: float) -> float:
     raise TimeoutError
 
 
-def start_mesh(peers: int, together: bool) -> tuple[float, float, list[Node]]:
+def start_mesh(peers: int, together: bool, strict: bool = True) -> tuple[float, float, list[Node]]:
     """(last node up -> full view everywhere, first launch -> full view, nodes). `together`:
-    all launched at once; else each as soon as the previous one's mesh is up."""
+    all launched at once; else each as soon as the previous one's mesh is up. Not `strict`: a
+    full view not reached within 120 s (an overloaded machine: the failure detector flaps) gives
+    NaN times instead of an error, and the nodes are kept."""
     nodes = [Node()]
     try:
         nodes[0].up()
@@ -132,7 +134,12 @@ def start_mesh(peers: int, together: bool) -> tuple[float, float, list[Node]]:
             if not together:
                 nodes[-1].up()
         last_up = max(n.up() for n in nodes[1:])
-        full = max(first_time(n, lambda e: e.get("alive", 0) >= peers - 1, 120) for n in nodes)
+        try:
+            full = max(first_time(n, lambda e: e.get("alive", 0) >= peers - 1, 120) for n in nodes)
+        except TimeoutError:
+            if strict:
+                raise
+            full = float("nan")
     except BaseException:  # no node outlives a failed start
         for n in nodes:
             n.stop()
@@ -166,19 +173,23 @@ def gossip(nodes: list[Node], messages: int, rate: float) -> list[float]:
     return samples
 
 
-def detection(nodes: list[Node], kills: int) -> tuple[list[float], list[float]]:
-    left, suspect = [], []
+def detection(nodes: list[Node], kills: int) -> tuple[list[float], list[float], int]:
+    """(kill -> PeerLeft, kill -> PeerSuspect, at each survivor; how many events were not seen
+    within 15 s — e.g. a survivor that had already declared the victim dead, on a loaded machine)."""
+    left, suspect, unseen = [], [], 0
     alive = nodes[1:]
     for _ in range(kills):
         victim = alive.pop(random.randrange(len(alive)))
         t0 = time.time()
         victim.stop()
         for n in [nodes[0], *alive]:
-            left.append(first_time(n, lambda e: e["event"] == "PeerLeft" and e["peer"] == victim.peer_id
-                                   and e["t"] > t0, 15) - t0)
-            suspect.append(first_time(n, lambda e: e["event"] == "PeerSuspect" and e["peer"] == victim.peer_id
-                                      and e["t"] > t0, 15) - t0)
-    return left, suspect
+            for out, kind in ((left, "PeerLeft"), (suspect, "PeerSuspect")):
+                try:
+                    out.append(first_time(n, lambda e, kind=kind: e["event"] == kind and e["peer"] == victim.peer_id
+                                          and e["t"] > t0, 15) - t0)
+                except TimeoutError:
+                    unseen += 1
+    return left, suspect, unseen
 
 
 def daemon_rss(boot: str | None = None, peers: int = 0, alone: bool = True) -> dict:
@@ -266,9 +277,11 @@ def main() -> dict | None:
 
 
 def run(peers: int = 20, runs: int = 3, joins: int = 5, messages: int = 100, rate: float = 5.0,
-        kills: int = 4, sim: int = 300, together: bool = True, rss_alone: bool = True) -> dict:
+        kills: int = 4, sim: int = 300, together: bool = True, rss_alone: bool = True,
+        strict: bool = True) -> dict:
     """Every measurement above; `together=False` skips the all-at-once start (the slowest part),
-    `rss_alone=False` the RSS of a daemon outside the mesh (bench/varlink_latency.py has it)."""
+    `rss_alone=False` the RSS of a daemon outside the mesh (bench/varlink_latency.py has it),
+    `strict=False` goes on with the other measurements when a full view is not reached."""
     args = argparse.Namespace(peers=peers, runs=runs, joins=joins, messages=messages, rate=rate,
                               kills=kills, sim=sim)
     r: dict = {}
@@ -279,7 +292,7 @@ def run(peers: int = 20, runs: int = 3, joins: int = 5, messages: int = 100, rat
             for _ in range(args.runs):
                 for n in nodes:
                     n.stop()
-                up, launch, nodes = start_mesh(args.peers, together)
+                up, launch, nodes = start_mesh(args.peers, together, strict)
                 after_up.append(up)
                 after_launch.append(launch)
             how = "launched together" if together else "launched one after another"
@@ -300,11 +313,13 @@ def run(peers: int = 20, runs: int = 3, joins: int = 5, messages: int = 100, rat
         print(fmt(f"one peer joins {args.peers - 1}: its mesh up -> alive at all of them", r["join"]))
         time.sleep(10)  # let GossipSub drop the killed joiners from its meshes
         r["gossip_ms"] = summary(gossip(nodes, args.messages, args.rate), 1000)
-        print(fmt(f"gossip publish -> deliver, {args.peers} peers, {args.rate:g} msg/s", r["gossip_ms"], "ms"))
+        r["gossip_expected"] = args.messages * (len(nodes) - 1)
+        print(fmt(f"gossip publish -> deliver, {args.peers} peers, {args.rate:g} msg/s", r["gossip_ms"], "ms")
+              + f"; {r['gossip_ms']['n']} of {r['gossip_expected']} deliveries seen")
         r["rss_mb"] = daemon_rss(nodes[0].addr, args.peers, rss_alone)
         for k, v in r["rss_mb"].items():
             print(f"beemeshd idle RSS, {k}: {v:.1f} MB")
-        left, suspect = detection(nodes, args.kills)
+        left, suspect, r["detection_unseen"] = detection(nodes, args.kills)
         r["suspect"], r["dead"] = summary(suspect), summary(left)
         print(fmt("kill -9 -> PeerSuspect at each survivor", r["suspect"]))
         print(fmt("kill -9 -> PeerLeft (dead) at each survivor", r["dead"]))

@@ -193,8 +193,10 @@ def step_placement(rep: Report) -> None:
                         f"p99 ≤ {GOAL_PLACEMENT_P99_MS} ms: "
                         f"{missed(r['p99'], GOAL_PLACEMENT_P99_MS, 'ms', 'see notes')}"))
     if r["p99"] > GOAL_PLACEMENT_P99_MS:
-        rep.notes.append("Placement p99: the tail is bids that miss the first window on 2 shared cores "
-                         "(py-libp2p spends ≈ 1.5 ms of CPU per RPC); the p50 is far below the goal.")
+        rep.notes.append(f"Placement p99 ({r['p99']:.0f} ms): ten libp2p peers share one Python process and "
+                         f"2 cores with the rest of the machine (load average {rep.load[-1][1]} as the step "
+                         "started); py-libp2p spends ≈ 1.5 ms of CPU per RPC, so under load some bids miss the "
+                         "first window. The in-memory mesh runs the same core well inside the goal.")
 
 
 def step_scheduler(rep: Report) -> None:
@@ -216,25 +218,29 @@ def step_failover(rep: Report) -> None:
                         p(fo, "s", digits=2), "—", "—",
                         f"≤ {GOAL_FAILOVER_S} s: {missed(fo['p99'], GOAL_FAILOVER_S, 's', 'see notes')}"))
     if fo["p99"] > GOAL_FAILOVER_S:
-        rep.notes.append("Failover p99: death is declared after 3 s of silence (suspect 1.5 s); the rest is "
-                         "re-placement, pod start and the first answered HTTP request, on 2 busy cores.")
+        rep.notes.append(f"Failover p99 ({fo['p99']:.1f} s): death is declared after 3 s of silence (suspect "
+                         "1.5 s); the rest is re-placement, pod start and the first answered HTTP request, on "
+                         f"2 shared cores (load average {rep.load[-1][1]} as the step started).")
 
 
 def step_mesh(rep: Report) -> None:
     from bench import mesh_bench
 
     r = mesh_bench.run(peers=20, runs=1, joins=3, messages=100, rate=5.0, kills=2, sim=300, together=False,
-                       rss_alone=False)
+                       rss_alone=False, strict=False)
     g = r["gossip_ms"]
     rep.rows.append(Row("Gossip publish → delivery, 20 peers (processes) on loopback, 5 msg/s, p50 / p99",
-                        p(g, "ms"), "—", "—", "—"))
+                        f"{p(g, 'ms')}; {g['n']} of {r['gossip_expected']} deliveries seen", "—", "—", "—"))
     seq = r["launched one after another"]["after_last_up"]
+    view = p(seq, "s", digits=2) if seq["p50"] == seq["p50"] else "not reached within 120 s (see the load average)"
     rep.rows.append(Row("20 peers launched one after another: last one up → every peer sees 19 alive",
-                        p(seq, "s", digits=2), "—", "—", "—"))
+                        view, "—", "—", "—"))
     rep.rows.append(Row("One peer joins 19: its mesh up → alive at all of them, p50 / p99",
                         p(r["join"], "s", digits=2), "—", "—", "—"))
-    rep.rows.append(Row("kill -9 → dead (`PeerLeft`) at each survivor, p50 / p99", p(r["dead"], "s", digits=2),
-                        f"→ suspect: {p(r['suspect'], 's', digits=2)}", "—", "—"))
+    unseen = f"; {r['detection_unseen']} events not seen within 15 s" if r["detection_unseen"] else ""
+    rep.rows.append(Row("kill -9 → dead (`PeerLeft`) at each survivor, p50 / p99",
+                        p(r["dead"], "s", digits=2) + unseen, f"→ suspect: {p(r['suspect'], 's', digits=2)}", "—",
+                        "—"))
     for label, mb in r["rss_mb"].items():
         if label.startswith("mesh on, 20"):
             rep.rows.append(Row("Idle beemeshd RSS in a 20-peer mesh", f"{mb:.1f} MB", "—", "—",
@@ -319,6 +325,7 @@ def optional(module: str, title: str, **kwargs) -> Callable[[Report], None]:
             rep.rows.append(Row(title, f"see *Output of bench/{module}.py* below"))
         else:
             rep.rows.append(Row(title, f"not run: bench/{module}.py has neither rows() nor main()"))
+    step.optional = True  # not retried: long, and not ours to second-guess
     return step
 
 
@@ -359,23 +366,22 @@ class Tee(io.TextIOBase):
 STEPS: list[tuple[str, str, int, Callable[[Report], None]]] = [
     ("varlink", "Varlink GetInfo round trips, idle RSS", 20, step_varlink),
     ("rss", "RSS of each import", 5, step_rss),
-    ("deploy", "Deploy → HTTP 200 vs kube play vs podman run (30 each)", 50, step_deploy),
+    ("deploy", "Deploy → HTTP 200 vs kube play vs podman run (30 each)", 70, step_deploy),
     ("profile", "Deploy profile (20 deploys)", 15, step_profile),
+    # before the multi-process steps: iperf3 needs the cores to itself as much as it can get
+    ("throughput", "published-port throughput, iperf3", 60, step_throughput),
     ("placement", "placement decision, 10 libp2p peers (50 rounds)", 40, step_placement),
     ("scheduler", "scheduling core, 1,000 bidders", 5, step_scheduler),
-    ("failover", "node loss → replacement serving (5 kills)", 100, step_failover),
-    ("mesh", "20-peer mesh: view, joins, gossip, RSS, failure detection", 150, step_mesh),
-    ("throughput", "published-port throughput, iperf3", 60, step_throughput),
-    ("policy", "policy evaluation (bench/policy_bench.py)", 45, optional("policy_bench", "Policy evaluation")),
-    ("membership", "membership checks and floods (bench/membership_bench.py)", 60,
+    ("failover", "node loss → replacement serving (5 kills)", 45, step_failover),
+    ("mesh", "20-peer mesh: view, joins, gossip, RSS, failure detection", 170, step_mesh),
+    ("policy", "policy evaluation (bench/policy_bench.py)", 10, optional("policy_bench", "Policy evaluation")),
+    ("membership", "membership checks and floods (bench/membership_bench.py)", 75,
      optional("membership_bench", "Membership")),
-    # 60 of the soak's 200 seeded runs by default (≈ 0.7 s each): make bench stays near 10 min
-    ("stateful", "stateful lease-group soak, 60 seeded runs (bench/stateful_soak.py)", 45,
-     optional("stateful_soak", "Stateful workloads soak", runs=60)),
-    ("consensus", "consensus groups on 3 libp2p peers (bench/consensus_bench.py)", 70,
+    # its rows() also runs bench/stateful_failover_bench.py (StatefulSet failover on real peers)
+    ("stateful", "stateful lease-group soak + StatefulSet failover (bench/stateful_soak.py)", 270,
+     optional("stateful_soak", "Stateful workloads soak")),
+    ("consensus", "consensus groups on 3 libp2p peers (bench/consensus_bench.py)", 85,
      optional("consensus_bench", "Consensus (stateful workloads)")),
-    ("stateful-failover", "StatefulSet failover on 3 peers, 2 runs (bench/stateful_failover_bench.py)", 90,
-     optional("stateful_failover_bench", "StatefulSet failover", runs=2)),
     ("simulator", "whole-mesh simulator rows", 0, simulator_rows),
     ("activation", "socket activation under a systemd --user manager (20 runs)", 40, step_activation),
 ]
@@ -429,12 +435,25 @@ def main() -> None:
         rep.load.append((name, loadavg()))
         print(f"\n==> [{i}/{len(steps)}] {name}: {what} (≈ {estimate} s; {t0 - started:.0f} s so far; "
               f"load average {rep.load[-1][1]})", flush=True)
-        try:
-            fn(rep)
-        except Exception as exc:  # a benchmark that fails is reported, not hidden
-            traceback.print_exc()
-            rep.rows.append(Row(f"{name}: {what}", f"failed this run: {type(exc).__name__}: {exc}"[:300]))
+        for attempt in (1, 2):
+            rows, sections, notes = len(rep.rows), len(rep.sections), len(rep.notes)
+            try:
+                fn(rep)
+                break
+            except Exception as exc:  # a benchmark that fails is reported, not hidden
+                traceback.print_exc()
+                del rep.rows[rows:], rep.sections[sections:], rep.notes[notes:]
+                if attempt == 1 and not getattr(fn, "optional", False):
+                    # a shared machine: another user's setup may reinstall the venv under us
+                    print(f"    {name} failed; trying once more", flush=True)
+                    continue
+                rep.rows.append(Row(f"{name}: {what}",
+                                    f"failed this run{' (twice)' if attempt == 2 else ''}: "
+                                    f"{type(exc).__name__}: {exc}"[:300]))
         print(f"    {name} took {time.monotonic() - t0:.0f} s", flush=True)
+    for name, what, _, _ in STEPS:
+        if name not in [s[0] for s in steps]:
+            rep.rows.append(Row(f"{name}: {what}", "not run this time (`--skip` / `--only`)"))
     path = write(rep, started, [s[0] for s in steps])
     print(f"\nwrote {path} ({time.monotonic() - started:.0f} s)")
 

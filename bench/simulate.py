@@ -1,4 +1,4 @@
-"""Whole-mesh simulator: 1,000 and 10,000 peers on the production core, in one process.
+"""Whole-mesh simulator: the production core of 1,000 peers in one process (and what fits of 10,000).
 
 Every simulated peer is what the daemon wires (beemeshd/daemon.py): a FakeMesh (MeshBase: real
 signed envelopes, the real failure detector), Placement (bids, decisions, healing, trust), an
@@ -8,18 +8,24 @@ one latency per hop) and run under trio.testing.MockClock(autojump_threshold=0):
 jumps whenever every task waits, so wall time is what the whole mesh's CPU work costs.
 
 Deterministic from the seed (trio's scheduler too): the same seed gives the same numbers, except
-those measured in wall time or memory.
+those measured in wall time or memory. Simulated time is free, CPU is not: every peer's work runs
+on one core, so "placements/s (wall)" is 1 / (the CPU the whole mesh spends per placement).
 
-Phases (per mesh size):
+Phases (per mesh size, each size in a fresh forked process):
 1. join   — peers join through a random earlier peer until every view is complete;
 2. place  — `workloads` Deployments of `replicas` replicas, Deploy on random peers in bursts;
             placements/s (wall), simulated latency (Deploy → decision; → every replica running),
             messages per placement, gossip hops to reach 99 % of the peers;
 3. churn  — `minutes` simulated minutes; every minute 10 % of the peers leave (killed) and as
             many new ones join, spread over the minute; then a settling period and a census:
-            replicas wanted vs running, workloads lost, duplicates.
+            replicas wanted vs running, workloads lost, duplicates;
+4. overlay — gossip hops to 99 % on the overlay alone (real peers that have met, no full views).
 
-    python bench/simulate.py --peers 1000 --seed 1 --minutes 3 --plot-dir bench
+Above FULL_UP_TO peers a whole run does not fit: every view holds every peer (10⁸ entries at
+10,000, tens of GB here). Such sizes get phase 4 measured and the rest projected from two whole
+runs (linear trends: a placement costs O(n) there), every projected figure marked as such.
+
+    python bench/simulate.py --peers 1000 10000 --seed 1 --minutes 3 --plot-dir bench
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ class Settings:
     degree: int | None = 8  # overlay degree (None: flood to every peer)
     latency: float = 0.002
     jitter: float = 0.002
-    timings: Timings = field(default_factory=Timings)  # production defaults (probe_fanout 16)
+    timings: Timings = field(default_factory=Timings)  # production defaults (bounded probing above 16)
 
 
 def manifest(i: int, replicas: int) -> dict:
@@ -101,7 +107,6 @@ class SimPeer:
         self.agent.remote_ready = self.placement.remote_ready
         self.workloads = Workloads(self.placement, self.agent, self.runtime, self.events, self.id)
         self.scope: trio.CancelScope | None = None
-        self.born = 0.0
 
     def poke(self) -> None:
         self.agent.poke()
@@ -117,7 +122,6 @@ class SimPeer:
                 await n.start(self.agent.run)
                 await n.start(self.placement.run)
                 n.start_soon(self.workloads.status_loop)
-                self.born = trio.current_time()
                 task_status.started()
 
     def kill(self) -> None:
@@ -319,7 +323,8 @@ class Sim:
         traffic = {k: round(v / sim, 1) for k, v in sorted((self.net.counts - c0).items())}
         self.out["churn"] = {"minutes": s.minutes, "left": killed, "joined": joined,
                              "wall_s": round(time.perf_counter() - w0, 1), "cpu_s": round(time.process_time() - p0, 1),
-                             "sim_s": round(trio.current_time() - t0, 1), "replicas_lost_with_a_peer": len(healed) + len(lost),
+                             "sim_s": round(trio.current_time() - t0, 1),
+                             "replicas_lost_with_a_peer": len(healed) + len(lost),
                              "rerun_s_p50": round(h["p50"], 2), "rerun_s_p99": round(h["p99"], 2),
                              "never_rerun": len(lost), **census, "messages_per_sim_s_by_kind": traffic}
 

@@ -9,9 +9,14 @@ on trio: the probe loop, the record loop, bootstrap, view sync and the subscribe
 View sync (PROTO_SYNC): whenever a peer becomes alive, we send it our signed record (so it
 learns us even before gossip reaches it; beyond HELLO_LIMIT peers only our record, gossiped
 once we have a first contact, does that); at most every SYNC_INTERVAL we also send a digest
-{peer: record seq} and get back the records we lack. A newcomer that knows one bootstrap peer
-therefore learns the whole mesh in one round trip, probes everyone it learned of, and is seen by
-all within about one ping interval. Relayed records are signed by their owners but may be old,
+{peer: record seq} and get back the records we lack (as many as fit SYNC_BUDGET; the rest the
+next time), and every 2·SYNC_INTERVAL we do so with a random alive peer (anti-entropy: peers
+that joined alongside us are otherwise missed until their next record refresh). A newcomer that
+knows one bootstrap peer therefore learns the whole mesh in one round trip (a few in a mesh of
+thousands), probes everyone it learned of, and is seen by all within about one ping interval.
+Failure detection in a large view is bounded (SWIM, core/membership.py): what a peer detects
+itself it gossips on `beemesh/membership` as rumours; a suspected peer refutes with a new record.
+Relayed records are signed by their owners but may be old,
 so they make a peer worth probing, not alive. GossipSub on `beemesh/records` carries record
 changes, and a refresh every RECORD_REFRESH seconds (uptime is carried forward locally between),
 stretched in views larger than HELLO_LIMIT so that the whole mesh's refreshes reach a peer at a
