@@ -66,7 +66,8 @@ class Config:
     mesh_bootstrap: tuple = field(default_factory=tuple)
     # mDNS discovery on the local network (only for a named mesh).
     mesh_mdns: bool = True
-    # Failure detector: probe every peer this often; silent this long -> suspect, then dead.
+    # Failure detector: probe every peer this often (in views beyond 16 peers, 4 peers a round,
+    # SWIM-style, with suspicions gossiped); silent this long -> suspect, then dead.
     ping_interval_seconds: float = 0.5
     suspect_after_seconds: float = 1.5
     dead_after_seconds: float = 3.0

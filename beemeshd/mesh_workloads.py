@@ -224,13 +224,17 @@ class Workloads:
         """Tell the mesh how this peer's replicas are doing: on every change, and every
         STATUS_REFRESH seconds; an empty report once a workload's pods here are gone. Each
         refresh reaches every peer, so beyond STATUS_REFRESH_SCALE workloads the period grows
-        with the catalog: a peer then hears O(1) refreshes a second, not O(workloads)."""
+        with the catalog (a peer then hears O(1) refreshes a second, not O(workloads)), up to
+        half the trust ledger's deliver_within."""
         last: dict = {}
         sent_at: dict = {}
         while True:
             await self.agent.changed()
             now = trio.current_time()
-            refresh = STATUS_REFRESH * max(1.0, len(self.placement.catalog.entries) / STATUS_REFRESH_SCALE)
+            # but well within the trust ledger's deliver_within: a peer that joined since the
+            # last report learns the replica runs from the next refresh, or counts it undelivered
+            refresh = min(STATUS_REFRESH * max(1.0, len(self.placement.catalog.entries) / STATUS_REFRESH_SCALE),
+                          max(STATUS_REFRESH, self.placement.trust.deliver_within / 2))
             mine = {d.key: d for d, _ in self.placement.catalog.mine()}
             keys = set(mine) | {k for k in last if last[k]} | self._keys_with_pods()
             for key in sorted(keys):

@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -227,11 +226,12 @@ def main(n: int = 20) -> dict:
     user = User(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
     home = Path(tempfile.mkdtemp(prefix="beemesh-bench-"))
     os.chown(home, user.uid, user.gid)
-    node = PodmanNode(user, home, {"log_level": "warning"}).prepare()
-    conf = home / "beemeshd.toml"
-    conf.write_text(node.config_text())
-    os.chown(conf, user.uid, user.gid)
+    node = PodmanNode(user, home, {"log_level": "warning"})
     try:
+        node.prepare()
+        conf = home / "beemeshd.toml"
+        conf.write_text(node.config_text())
+        os.chown(conf, user.uid, user.gid)
         p = user.run([str(VENV / "bin" / "python"), str(Path(__file__).resolve()), "--inside", str(conf), str(n)],
                      env=user.env(PYTHONPATH=str(ROOT), **{k: v for k, v in os.environ.items()
                                                            if k == "BENCH_PROFILE_TEXT"}), timeout=600)
@@ -239,8 +239,7 @@ def main(n: int = 20) -> dict:
             raise RuntimeError(f"profiled daemon failed:\n{p.stderr[-3000:]}")
         data = json.loads(p.stdout)
     finally:
-        node.cleanup()
-        subprocess.run(["pkill", "-u", str(user.uid), "-f", f"system service unix://{node.store}"])
+        node.cleanup()  # the daemon stopped the Podman service it started when it got SIGTERM
         shutil.rmtree(home, ignore_errors=True)
     b = breakdown(data)
     prof = data["profile"]

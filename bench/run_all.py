@@ -235,8 +235,9 @@ def step_mesh(rep: Report) -> None:
     view = p(seq, "s", digits=2) if seq["p50"] == seq["p50"] else "not reached within 120 s (see the load average)"
     rep.rows.append(Row("20 peers launched one after another: last one up → every peer sees 19 alive",
                         view, "—", "—", "—"))
+    missed_joins = f"; {r['joins_unseen']} joins not seen by all within 30 s" if r.get("joins_unseen") else ""
     rep.rows.append(Row("One peer joins 19: its mesh up → alive at all of them, p50 / p99",
-                        p(r["join"], "s", digits=2), "—", "—", "—"))
+                        p(r["join"], "s", digits=2) + missed_joins, "—", "—", "—"))
     unseen = f"; {r['detection_unseen']} events not seen within 15 s" if r["detection_unseen"] else ""
     rep.rows.append(Row("kill -9 → dead (`PeerLeft`) at each survivor, p50 / p99",
                         p(r["dead"], "s", digits=2) + unseen, f"→ suspect: {p(r['suspect'], 's', digits=2)}", "—",

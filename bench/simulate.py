@@ -448,7 +448,7 @@ FULL_UP_TO = 2000  # larger meshes do not fit one process: every view holds ever
 
 
 def main(sizes=(1000, 10000), seed: int = 1, minutes: float = 3.0, plot_dir: str | None = None,
-         full_up_to: int = FULL_UP_TO, **kw) -> dict:
+         full_up_to: int = FULL_UP_TO, hop_sizes=(100, 3000), **kw) -> dict:
     """Simulate each size up to `full_up_to` peers whole. Larger ones (10,000 peers would need
     ~10⁸ view entries, tens of GB, here) get their gossip hops measured on the overlay alone and
     the rest projected from two whole runs (a smaller one is added if needed), marked so."""
@@ -469,9 +469,14 @@ def main(sizes=(1000, 10000), seed: int = 1, minutes: float = 3.0, plot_dir: str
               flush=True)
         results[n] = project(n, [results[m] for m in refs[-2:]], _fresh(overlay_hops, n, seed))
         report(results[n])
+    hops = {n: r["overlay"] for n, r in results.items()}
+    for n in hop_sizes:  # more points for the hops plot: the overlay alone
+        if n not in hops:
+            hops[n] = _fresh(overlay_hops, n, seed)
+            print(f"[{n} peers] overlay: {hops[n]}", file=sys.stderr, flush=True)
     if plot_dir:
-        plot(results, Path(plot_dir))
-    return {n: results[n] for n in sorted(set(sizes) | set(refs))}
+        plot(results, Path(plot_dir), hops)
+    return {**{n: results[n] for n in sorted(results)}, "overlay_only": {n: hops[n] for n in sorted(hops)}}
 
 
 def _fresh(fn, *args):
@@ -504,8 +509,7 @@ def project(n: int, refs: list[dict], overlay: dict) -> dict:
     extra_hops = statistics.median(overlay["hops99"]) - statistics.median(b["overlay"]["hops99"])
     return {
         "peers": n, "seed": b["seed"], "projected_from": [a["peers"], b["peers"]], "overlay": overlay,
-        "join": {"memory_per_peer_kb": round(line(lambda r: r["join"].get("memory_per_peer_kb", 0)), 1),
-                 "rss_per_peer_kb": round(line(lambda r: r["join"]["rss_per_peer_kb"]), 1)},
+        "join": {"rss_per_peer_kb": round(line(lambda r: r["join"]["rss_per_peer_kb"]), 1)},
         "idle": {"cpu_per_sim_s": round(line(lambda r: r["idle"]["cpu_per_sim_s"]), 3)},
         "place": {
             "workloads": pb["workloads"], "replicas": pb["replicas"],
@@ -540,7 +544,8 @@ def report(r: dict) -> None:
               f"hops to 99 % {p['hops99_p50']} (measured), all running p50 {p['running_ms_p50']} ms")
 
 
-def plot(results: dict, where: Path) -> None:
+def plot(results: dict, where: Path, hops: dict) -> None:
+    """sim_latency.png (whole runs; projected sizes with open markers) and sim_hops.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -558,10 +563,12 @@ def plot(results: dict, where: Path) -> None:
         ax.plot(whole, [results[n]["place"][key] for n in whole], marker="o", color=color, label=label)
         if guess and whole:
             ax.plot([whole[-1], *guess], [results[n]["place"][key] for n in [whole[-1], *guess]],
-                    linestyle="--", marker="o", markerfacecolor="white", color=color)
+                    linestyle="--", color=color)
+            ax.plot(guess, [results[n]["place"][key] for n in guess], linestyle="", marker="o",
+                    markerfacecolor="white", color=color)
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("peers (open markers: projected, see RESULTS.md)")
+    ax.set_xlabel("peers (open markers: projected from the whole runs, bench/simulate.py)")
     ax.set_ylabel("simulated ms")
     ax.set_title("Placement latency against mesh size (virtual time)")
     ax.legend(fontsize=8)
@@ -569,9 +576,12 @@ def plot(results: dict, where: Path) -> None:
     fig.savefig(where / "sim_latency.png", dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    hops = [statistics.median(results[n]["overlay"]["hops99"]) for n in sizes]
-    ax.plot(sizes, hops, marker="o", label="hops until 99 % of peers have a message (median)")
-    ax.plot(sizes, [math.log(n) / math.log(results[n]["overlay"]["degree_mean"] - 1) for n in sizes],
+    sizes = sorted(hops)
+    ax.plot(sizes, [statistics.median(hops[n]["hops99"]) for n in sizes], marker="o",
+            label="hops until 99 % of peers have a message (median of 12)")
+    ax.plot(sizes, [max(hops[n]["hops99"]) for n in sizes], marker=".", linestyle="--",
+            label="the same, worst of 12 messages")
+    ax.plot(sizes, [math.log(n) / math.log(hops[n]["degree_mean"] - 1) for n in sizes],
             linestyle=":", color="grey", label="log(n) / log(mean degree − 1)")
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
@@ -584,6 +594,77 @@ def plot(results: dict, where: Path) -> None:
     plt.close(fig)
 
 
+RESULTS = Path(__file__).resolve().parent / "sim_results.json"  # what the last CLI run found
+
+
+def save(out: dict, path: Path = RESULTS) -> None:
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    path.write_text(json.dumps({"meta": meta, **{str(k): v for k, v in out.items()}}, indent=1, default=str) + "\n")
+
+
+def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
+    """Rows for bench/RESULTS.md (metric, BeeMesh, comparison, ratio, goal) from the last run's
+    results: a whole run takes about an hour on two shared cores, too long for `make bench`."""
+    if not path.exists():
+        return [("Whole-mesh simulator (1,000 and 10,000 peers)",
+                 "not run: `python bench/simulate.py --plot-dir bench` (≈ 1 h on 2 cores) writes its results")]
+    raw = json.loads(path.read_text())
+    meta, hops = raw.get("meta", {}), raw.get("overlay_only", {})
+    runs = {int(k): v for k, v in raw.items() if k.isdigit()}
+    whole = [n for n in sorted(runs) if "projected_from" not in runs[n]]
+    big = [n for n in sorted(runs) if "projected_from" in runs[n]]
+    if not whole:
+        return [("Whole-mesh simulator", f"{path.name} holds no whole run")]
+    n = max(whole)
+    r, pl = runs[n], runs[n]["place"]
+    when = f"`bench/simulate.py` run of {meta.get('date', '?')}"
+    per_peer_ms = 1000 * pl["cpu_s"] / pl["workloads"] / n
+    out = [(f"Whole-mesh simulator, {n:,} peers in one process (production core, in-memory mesh): placements/s",
+            f"{pl['replicas_per_s']:g} replicas/s wall ({pl['replicas_per_cpu_s']:g} per CPU-second; "
+            f"{pl['decisions_per_s']:g} Deployments of {pl['replicas'] // pl['workloads']}/s); the mesh spent "
+            f"{per_peer_ms:.2f} ms of CPU per Deployment per peer ({when})",
+            "Nomad C1M: 3,750/s on 5,000 real hosts (published, not this run)",
+            f"{pl['replicas_per_s'] / 3750:.4f}",
+            f"≥ 2,000/s: **missed** by {2000 - pl['replicas_per_s']:,.0f}/s — every decision and status report "
+            f"reaches every peer ({pl['gossip_deliveries_per_workload'] / (n - 1):.0f} per Deployment), so the "
+            "whole mesh's work per placement is O(n), all on one core here")]
+    lat = "; ".join(f"{m:,} peers: decision {runs[m]['place']['decision_ms_p50']:g} / "
+                    f"{runs[m]['place']['decision_ms_p99']:g}, every replica running {runs[m]['place']['running_ms_p50']:g} / "
+                    f"{runs[m]['place']['running_ms_p99']:g}" + (" (projected)" if m in big else "")
+                    for m in sorted(runs))
+    out.append(("Simulated placement latency (virtual time), Deploy → decision; → every replica running, p50 / p99 ms",
+                lat, "—", "—", "—"))
+    h = {int(k): v for k, v in hops.items()}
+    out.append(("Gossip hops until 99 % of peers have a message (overlay degree 8), median",
+                ", ".join(f"{m:,}: {statistics.median(v['hops99']):g}" for m, v in sorted(h.items())),
+                "log₇ n: " + ", ".join(f"{math.log(m) / math.log(7):.1f}" for m in sorted(h)), "—",
+                "O(log n): met (one more hop per ~8× peers)"))
+    out.append((f"Messages per placement (a {pl['replicas'] // pl['workloads']}-replica Deployment), {n:,} peers",
+                f"{pl['messages_per_workload']:,.0f} sent (overlay transmissions, duplicates included) carrying "
+                f"{pl['gossip_deliveries_per_workload'] / (n - 1):.0f} gossip messages to {n - 1:,} peers, "
+                f"+ {pl['messages_by_kind_per_workload'].get('request /beemesh/bid/1', 0):g} signed bid requests "
+                "and their replies", "—", "—", "—"))
+    mem = "; ".join(f"{m:,} peers: {runs[m]['join']['rss_per_peer_kb'] / 1024:.2f} MB after joining, "
+                    f"{runs[m]['place']['rss_per_peer_kb'] / 1024:.1f} MB after {runs[m]['place']['workloads']} "
+                    "Deployments" + (" (projected)" if m in big else "") for m in sorted(runs))
+    out.append(("Memory per simulated peer (RSS growth / n, a fresh process per size)", mem, "—", "—", "—"))
+    if "churn" in r:
+        c = r["churn"]
+        out.append((f"Churn, {n:,} peers: {r['churn']['left'] // max(1, int(c['minutes']))} leave and as many join "
+                    f"every simulated minute, {c['minutes']:g} minutes",
+                    f"{c['replicas_lost_with_a_peer']} replicas lost with their peer ran again elsewhere after "
+                    f"p50 {c['rerun_s_p50']:g} s / p99 {c['rerun_s_p99']:g} s; {c['replicas_running']} of "
+                    f"{c['replicas_wanted']} replicas running, {c['workloads_not_whole']} workloads short, "
+                    f"{c['duplicates']} duplicates, {c['catalogs_disagreeing']} catalogs disagreeing", "—", "—",
+                    "healed, none lost: met" if c["replicas_running"] == c["replicas_wanted"] and not c["duplicates"]
+                    else "**missed**"))
+    for m in big:
+        out.append((f"{m:,} peers", "not simulated whole: every view holds every peer (~10⁸ entries, tens of GB in "
+                    f"one process); hops measured on the overlay with {m:,} real peers, the other figures projected "
+                    f"from the {runs[m]['projected_from']}-peer runs", "—", "—", "—"))
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--peers", type=int, nargs="+", default=[1000, 10000], help="mesh sizes")
@@ -594,9 +675,8 @@ if __name__ == "__main__":
     ap.add_argument("--full-up-to", type=int, default=FULL_UP_TO,
                     help="larger meshes: overlay measured, the rest projected")
     ap.add_argument("--trace-memory", action="store_true", help="tracemalloc during the join (slower)")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--json", default=str(RESULTS), help="write the results here (rows() reads them)")
     a = ap.parse_args()
     out = main(tuple(a.peers), a.seed, a.minutes, a.plot_dir, full_up_to=a.full_up_to, workloads=a.workloads,
                trace_memory=a.trace_memory)
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    save(out, Path(a.json))

@@ -14,10 +14,11 @@ The network models, per message, a latency (+ uniform jitter), and:
 Gossip goes, after its latency, to every peer reachable from the sender that has joined the mesh
 (completed a probe or request with someone) — a flood over the reachable component. With
 `degree=D` it travels a GossipSub-like overlay instead: every joined peer keeps about D random
-neighbours (topped up from the joined peers when some die or sit across a partition, at most 2·D,
-links both ways), and a peer that accepts a message it had not seen forwards it to its neighbours
-after one hop's latency; the hop at which 99 % of the joined peers had each message is logged
-(`hop_log`), so a simulator can show that hops grow as log n.
+neighbours (links both ways, at most 2·D; newcomers graft at once, dead or partitioned-off links
+are replaced at a HEARTBEAT, and the overlay re-forms when a partition heals), and a peer that
+accepts a message it had not seen forwards it to its neighbours after one hop's latency (one
+latency draw per hop, not per link); the hop at which 99 % of the joined peers had each message
+is logged (`hop_log`), so a simulator can show that hops grow as log n.
 
 For 1,000+ peers: each signature is verified once per network (a shared cache of decoded
 envelopes, keyed by the exact bytes — freshness and replay checks stay per receiver), and a
