@@ -81,6 +81,9 @@ class Config:
     bid_fanout: int = 16
     # Re-place stateless replicas as soon as their peer is suspect (not only once it is dead).
     heal_on_suspect: bool = True
+    # Beyond this many healthy peers, a Deployment's or Pod's decisions and status go to its
+    # replication_k holders and its runners only (not to every peer); other peers ask the holders.
+    catalog_broadcast_max: int = 64
     # StatefulSets (issue 9): a lease lasts this long unless renewed (renewals every third of it);
     # its holder begins stopping the pod this long before the lease could end (stop grace + kill).
     lease_seconds: float = 15.0

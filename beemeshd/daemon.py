@@ -216,7 +216,7 @@ def make_placement(config: Config, node: Node, agent: Agent):
 
     placement = Placement(node.mesh, catalog, node.events, self_state=self_state, window=config.bid_window_seconds,
                           on_change=agent.poke, persist=stored.save, fanout=config.bid_fanout,
-                          heal_on_suspect=config.heal_on_suspect,
+                          heal_on_suspect=config.heal_on_suspect, broadcast_max=config.catalog_broadcast_max,
                           bid_gate=node.policies.bid_gate(node.policy_peer) if node.policies is not None else None)
     agent.wanted = placement.wanted
     agent.remote_ready = placement.remote_ready

@@ -111,6 +111,14 @@ class Workloads:
             "origin": d.origin,
         }
 
+    async def prepare(self, name: str | None = None, namespace: str | None = None, kind: str | None = None) -> None:
+        """Before a Get/Explain/Logs (a name) or a List (none): in a large mesh, fetch what the
+        holders keep and this peer does not (beemeshd/placement.py, "Large meshes")."""
+        if name is None:
+            await self.placement.list_all()
+        else:
+            await self.placement.ensure(namespace or "default", name, kind)
+
     def get(self, name: str, namespace: str | None, kind: str | None) -> dict:
         return self.view(self.placement.find(name, namespace or "default", kind))
 
@@ -159,6 +167,7 @@ class Workloads:
         return d
 
     async def delete(self, name, namespace, kind, wait, timeout) -> dict:
+        await self.prepare(name, namespace, kind)
         d = self.placement.find(name, namespace or "default", kind)
         view = self.view(d)
         await self.placement.delete(d)
@@ -177,6 +186,7 @@ class Workloads:
     async def scale(self, name, namespace, replicas, wait, timeout, user=None) -> dict:
         if not 0 <= replicas <= 1000:
             raise errors.InvalidParameter("replicas", "must be 0 … 1000")
+        await self.prepare(name, namespace)
         d = self.placement.find(name, namespace or "default")
         w = self.placement.workload(d)
         if w.kind not in ("Deployment", "StatefulSet"):
@@ -313,6 +323,7 @@ class Workloads:
         since: dict[str, int] = {}
         while True:
             try:
+                await self.prepare(d.key[2], d.key[0], d.key[1])
                 d = self.placement.find(d.key[2], d.key[0], d.key[1])
             except errors.WorkloadNotFound:
                 return  # deleted: the stream ends, as a followed log ends when its container goes

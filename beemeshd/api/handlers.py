@@ -55,10 +55,21 @@ class MeshHandlers:
                                                      user=call.user)
         return {"workloads": workloads}
 
+    async def _prepare(self, *args) -> None:
+        """A large mesh: fetch from the holders what this peer does not keep (placement.ensure)."""
+        prepare = getattr(self.node.workloads, "prepare", None)
+        if prepare is not None:
+            await prepare(*args)
+
     async def Get(self, call: Call, name, namespace=None, kind=None) -> dict:
+        await self._prepare(name, namespace, kind)
+        stateful = getattr(self.node, "stateful", None)
+        if stateful is not None:  # outside a StatefulSet's group: ask a member for its leases
+            await stateful.refresh_leases(name, namespace, kind)
         return {"workload": self.node.workloads.get(name, namespace, kind)}
 
     async def List(self, call: Call, namespace=None, kind=None):
+        await self._prepare()
         return await stream_list(call, "workload", "workloads", self.node.workloads.list(namespace, kind))
 
     async def Delete(self, call: Call, name, namespace=None, kind=None, wait=None, timeoutSeconds=None):
@@ -75,6 +86,7 @@ class MeshHandlers:
         if follow and not call.more:
             raise verr.expected_more()
         tail = None if tail is None else int(tail)
+        await self._prepare(name, namespace)
         sources = self.node.workloads.log_sources(name, namespace, replica, container)
         everywhere = getattr(self.node.workloads, "all_logs", None)  # mesh on: other peers' too
         if everywhere is None:
@@ -103,6 +115,7 @@ class MeshHandlers:
         if explain is None:
             raise errors.NotImplementedYet("Explain", "this daemon runs without the mesh (mesh_enabled = false): "
                                            "every replica runs here")
+        await self._prepare(name, namespace)
         return {"explanation": explain(name, namespace)}
 
     # -- policies (beemeshd/policy_store.py) --------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Placement in a large mesh (more peers than `broadcast_max`): a Deployment's decisions and status
+go to its holders and runners only; everyone else asks the holders (FakeMesh, virtual time)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from beemeshd import errors
+from beemeshd.core.catalog import holders
+from beemeshd.mesh.fake import FakeNetwork
+from beemeshd.placement import SYNC_INTERVAL
+
+from test_placement import deployment, mesh_of
+
+KEY = ("default", "Deployment", "web")
+
+
+@pytest.fixture
+def net():
+    return FakeNetwork(latency=0.002, seed=5)
+
+
+def outsiders(peers, key):
+    """Peers that neither hold nor run the workload (by every peer's own view: they agree here)."""
+    hs = set(holders(key, [p.id for p in peers], 3))
+    d = next(p.placement.catalog.entries[key] for p in peers if p.id in hs)
+    runners = {p for _, p in d.assignments}
+    return [p for p in peers if p.id not in hs and p.id not in runners and p.id != d.origin]
+
+
+async def get(peer, name):
+    await peer.w.prepare(name, None, None)
+    return peer.w.get(name, None, None)
+
+
+async def wait_ready(peer, name, n, limit=30):
+    with trio.fail_after(limit):
+        while True:
+            v = await get(peer, name)
+            if v["readyReplicas"] == n:
+                return v
+            await trio.sleep(0.25)
+
+
+async def test_news_reaches_holders_and_runners_only_and_others_ask(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 10, broadcast_max=4)
+    gossip0 = net.counts["gossip beemesh/events"]
+    [w] = await peers[0].w.deploy(manifest=deployment(replicas=3, cpu="100m"), yaml=None, namespace=None,
+                                  wait=True, timeout=30, dry_run=False)
+    assert w["readyReplicas"] == 3  # the origin heard every runner's status
+    await trio.sleep(1)
+    assert net.counts["gossip beemesh/events"] == gossip0  # nothing went to every peer
+    hs = set(holders(KEY, [p.id for p in peers], 3))
+    d = peers[0].placement.catalog.entries[KEY]
+    runners = {p for _, p in d.assignments}
+    for p in peers:
+        has = KEY in p.placement.catalog.entries
+        assert has == (p.id in hs or p.id in runners or p.id == d.origin), p.id
+    others = outsiders(peers, KEY)
+    assert len(others) >= 3
+    # an outsider answers Get by asking the holders: the decision and its replicas' status
+    view = await get(others[0], "web")
+    assert view["readyReplicas"] == 3 and view["generation"] == 1
+    assert sorted(r["peer"] for r in view["replicaStatus"]) == sorted(runners)
+    assert not others[0].placement.knows(KEY)  # it keeps no promise and acts on nothing
+    with pytest.raises(errors.WorkloadNotFound):
+        await get(others[1], "nothing-like-this")
+
+
+async def test_list_from_any_peer_gathers_what_every_holder_keeps(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 10, broadcast_max=4)
+    rng = random.Random(3)
+    names = [f"w{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        await rng.choice(peers).w.deploy(manifest=deployment(name, replicas=1, cpu="100m", port=18100 + i),
+                                         yaml=None, namespace=None, wait=False, timeout=None, dry_run=False)
+    await trio.sleep(2)
+    for p in rng.sample(peers, 3):
+        await p.w.prepare()
+        assert sorted(v["name"] for v in p.w.list(None, None)) == names
+
+
+async def test_scale_and_delete_from_a_peer_that_kept_nothing(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 10, broadcast_max=4)
+    await peers[0].w.deploy(manifest=deployment(replicas=2, cpu="100m"), yaml=None, namespace=None, wait=True,
+                            timeout=30, dry_run=False)
+    x = outsiders(peers, KEY)[0]
+    assert KEY not in x.placement.catalog.entries
+    view = await x.w.scale("web", None, 4, True, 30)
+    assert view["generation"] == 2 and view["readyReplicas"] == 4  # it built on generation 1
+    assert sum(len(p.runtime.pod_names()) for p in peers) == 4
+    # a re-apply of the same manifest from another outsider changes nothing (it saw generation 2)
+    y = outsiders(peers, KEY)[0]
+    [again] = await y.w.deploy(manifest=deployment(replicas=4, cpu="100m"), yaml=None, namespace=None,
+                               wait=False, timeout=None, dry_run=False)
+    assert again["generation"] == 2
+    await y.w.delete("web", None, None, True, 30)
+    await trio.sleep(2)
+    assert sum(len(p.runtime.pod_names()) for p in peers) == 0
+    with pytest.raises(errors.WorkloadNotFound):
+        await get(peers[-1], "web")
+
+
+async def test_holders_move_with_the_mesh_and_nothing_is_lost(net, nursery, autojump_clock):
+    peers = await mesh_of(nursery, net, 10, broadcast_max=4)
+    await peers[0].w.deploy(manifest=deployment(replicas=2, cpu="100m"), yaml=None, namespace=None, wait=True,
+                            timeout=30, dry_run=False)
+    hs = holders(KEY, [p.id for p in peers], 3)
+    d = peers[0].placement.catalog.entries[KEY]
+    runners = {p for _, p in d.assignments}
+    # kill two holders that run nothing and did not deploy it: the third hands it to the new ones
+    victims = [p for p in peers if p.id in hs and p.id not in runners and p is not peers[0]][:2]
+    for v in victims:
+        v.kill()
+    alive = [p for p in peers if p not in victims]
+    new = holders(KEY, [p.id for p in alive], 3)
+    assert set(new) - set(hs)  # the holder set moved
+    with trio.fail_after(4 * SYNC_INTERVAL + 10):
+        while not all(KEY in p.placement.catalog.entries for p in alive if p.id in new):
+            await trio.sleep(0.5)
+    assert all(p.placement.knows(KEY) for p in alive if p.id in new)
+    # the old holders gone, an outsider still finds it and its replicas (stateless work kept running)
+    view = await wait_ready(outsiders(alive, KEY)[0], "web", 2)
+    assert sorted(r["peer"] for r in view["replicaStatus"]) == sorted(runners)
+
+
+@pytest.mark.parametrize("seed", [9, 21, 33])
+async def test_random_loss_in_a_large_mesh_heals_and_loses_nothing(seed, nursery, autojump_clock):
+    rng = random.Random(seed)
+    net = FakeNetwork(latency=0.002, jitter=0.003, seed=seed + 4)
+    peers = await mesh_of(nursery, net, 12, broadcast_max=4)
+    sizes = {"a": 3, "b": 2, "c": 4}
+    for i, (name, n) in enumerate(sizes.items()):
+        await rng.choice(peers).w.deploy(manifest=deployment(name, replicas=n, cpu="100m", port=18080 + i),
+                                         yaml=None, namespace=None, wait=True, timeout=30, dry_run=False)
+    victims = rng.sample(peers, 3)
+    for v in victims:
+        v.kill()
+    alive = [p for p in peers if p not in victims]
+    dead = {v.id for v in victims}
+
+    async def settled():
+        for name, n in sizes.items():
+            v = await get(rng.choice(alive), name)
+            if v["readyReplicas"] != n or any(r["peer"] in dead for r in v["replicaStatus"]):
+                return False
+        return True
+
+    with trio.fail_after(60):
+        while not await settled():
+            await trio.sleep(0.5)
+    # exactly one pod per replica on the survivors, spread over distinct peers
+    assert sum(len(p.runtime.pod_names()) for p in alive) == sum(sizes.values())
+    for name, n in sizes.items():
+        assert len({r["peer"] for r in (await get(alive[0], name))["replicaStatus"]}) == n
