@@ -407,6 +407,10 @@ class Placement:
                 raise ValueError("decision not signed by its origin")
             if env.sender != self.peer_id:
                 self._merge(d)
+        elif p.get("type") == "handover":
+            # a peer that keeps a workload hands it to a new holder: vouched for by that member,
+            # as an anti-entropy reply is (decisions from their origins come as "decision")
+            self._merge(Decision.from_wire(p["decision"]))
         elif p.get("type") == "status" and env.sender != self.peer_id:
             key = tuple(p["key"])
             # Gossip does not keep order: a report older than one already applied is stale.
@@ -674,7 +678,7 @@ class Placement:
             was = self._handed.get(key, frozenset())
             if hs != was:
                 self._handed[key] = hs
-                self._push_to(hs - was, {"type": "decision", "decision": d.to_wire()})
+                self._push_to(hs - was, {"type": "handover", "decision": d.to_wire()})
 
     async def _sync_loop(self) -> None:
         while True:

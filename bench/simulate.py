@@ -52,7 +52,7 @@ from beemeshd import placement as placement_mod  # noqa: E402
 from beemeshd.agent import Agent  # noqa: E402
 from beemeshd.core import protocol as proto  # noqa: E402
 from beemeshd.core import render  # noqa: E402
-from beemeshd.core.catalog import Catalog  # noqa: E402
+from beemeshd.core.catalog import Catalog, holders  # noqa: E402
 from beemeshd.core.membership import Timings  # noqa: E402
 from beemeshd.events import EventBus  # noqa: E402
 from beemeshd.mesh.fake import FakeMesh, FakeNetwork  # noqa: E402
@@ -72,6 +72,8 @@ class Settings:
     workloads: int = 300  # Deployments placed in the place phase
     replicas: int = 3
     burst: int = 50  # Deploys issued at the same simulated instant
+    rate: float | None = None  # instead of bursts: Deploys per simulated second, each on its own
+    broadcast_max: int = 64  # placement's: beyond it, news goes to holders and runners only
     minutes: float = 3.0  # of churn
     churn: float = 0.10  # share of the peers replaced per simulated minute
     settle: float = 30.0  # simulated seconds after churn before the census
@@ -101,7 +103,8 @@ class SimPeer:
         self.runtime = FakeRuntime(now=lambda: EPOCH + trio.current_time())
         self.events = EventBus()
         self.placement = Placement(self.mesh, Catalog(self.id), self.events, self_state=self.state,
-                                   on_change=self.poke, rng=random.Random(rng.getrandbits(64)))
+                                   on_change=self.poke, rng=random.Random(rng.getrandbits(64)),
+                                   broadcast_max=s.broadcast_max)
         self.mesh.on_peer_event = self.placement.peer_event
         self.agent = Agent(self.runtime, None, self.events, peer_id=self.id, wanted=self.placement.wanted)
         self.agent.remote_ready = self.placement.remote_ready
@@ -116,6 +119,7 @@ class SimPeer:
                            uptime=self.mesh._uptime())
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        PeerCPU.roots[trio.lowlevel.current_task()] = self.id
         with trio.CancelScope() as self.scope:
             async with trio.open_nursery() as n:
                 await n.start(self.mesh.run)
@@ -131,6 +135,63 @@ class SimPeer:
 
     def running_pods(self) -> set[str]:
         return set(self.runtime.pod_names())
+
+
+class PeerCPU(trio.abc.Instrument):
+    """CPU time per simulated peer: every trio task step is charged to the peer whose task tree
+    it belongs to, and gossip handed to a peer by the network's spreading task to that peer
+    (FakeNetwork.meter). The network verifies each signature once for all receivers; every other
+    receiver is charged what that verification cost, as a real peer would pay it. So a peer's
+    figure is what it would spend on a core of its own."""
+
+    roots: dict = {}  # SimPeer.run's task -> peer id (class level: tasks are registered as they start)
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+        self.owner: dict = {}
+        self.current: str | None = None
+        self._t = 0.0
+
+    def _owner(self, task) -> str | None:
+        pid = self.owner.get(task, False)
+        if pid is False:
+            t, pid = task, None
+            while t is not None:
+                if t in self.roots:
+                    pid = self.roots[t]
+                    break
+                t = t.parent_nursery.parent_task if t.parent_nursery is not None else None
+            self.owner[task] = pid
+        return pid
+
+    def before_task_step(self, task) -> None:
+        self.current = self._owner(task)
+        self._t = time.process_time()
+
+    def after_task_step(self, task) -> None:
+        if self.current is not None:
+            self.cpu[self.current] = self.cpu.get(self.current, 0.0) + time.process_time() - self._t
+        self.current = None
+
+    def task_exited(self, task) -> None:
+        self.owner.pop(task, None)
+
+    def hand(self, pid: str, fn, *args):
+        """Run fn (the network delivering to pid) on pid's account, not the running task's."""
+        outer, t0 = self.current, time.process_time()
+        self.current = pid
+        try:
+            return fn(*args)
+        finally:
+            dt = time.process_time() - t0
+            self.cpu[pid] = self.cpu.get(pid, 0.0) + dt
+            self._t += dt  # not the running task's
+            self.current = outer
+
+    def extra(self, seconds: float) -> None:
+        """Charge the current peer work the network did once for everyone (a verification)."""
+        if self.current is not None:
+            self.cpu[self.current] = self.cpu.get(self.current, 0.0) + seconds
 
 
 def rss_bytes() -> int:
@@ -150,6 +211,7 @@ class Sim:
         self.up: list[str] = []  # ids of running peers, in start order
         self.nursery: trio.Nursery | None = None
         self.out: dict = {"peers": s.peers, "seed": s.seed}
+        self._holders: dict = {}  # key -> (len(up), last of up, its holders): the census asks often
 
     # -- membership of the simulation --------------------------------------------------------------
     async def add_peer(self) -> SimPeer:
@@ -229,13 +291,7 @@ class Sim:
             lat_decision.append(trio.current_time() - start)
             pending[("default", "Deployment", f"w{i}")] = start
 
-        i = 0
-        while i < s.workloads:
-            async with trio.open_nursery() as n:
-                for _ in range(min(s.burst, s.workloads - i)):
-                    n.start_soon(deploy, i)
-                    i += 1
-            # every replica running where its decision put it: take the times as they come
+        async def drain() -> None:  # every replica running where its decision put it, timed as they come
             while pending:
                 now = trio.current_time()
                 for key in [k for k in pending if self.key_running(k)]:
@@ -244,10 +300,47 @@ class Sim:
                     await trio.sleep(0.005)
                 if now - t0 > 600:
                     raise RuntimeError(f"{len(pending)} workloads not running after 600 simulated s")
-        wall = time.perf_counter() - w0
-        await self.wait(self.decisions_everywhere, 60)
+
+        meter = PeerCPU()
+        self.net.meter = meter
+        trio.lowlevel.add_instrument(meter)
+        # No cyclic GC while placing: a full collection walks every simulated peer's objects (a
+        # 700 MB heap at 1,000 peers: ~0.8 s) and would land on whichever peer's step set it
+        # off; a real peer's heap is a thousandth of that. Collected right after.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            i = 0
+            if s.rate:  # an open stream of Deploys, each from a random peer, none waiting for another
+                async def watch() -> None:
+                    while len(lat_decision) < s.workloads or pending:
+                        await drain()
+                        await trio.sleep(0.005)
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(watch)
+                    for i in range(s.workloads):
+                        n.start_soon(deploy, i)
+                        await trio.sleep(1 / s.rate)
+            while i < s.workloads and not s.rate:
+                async with trio.open_nursery() as n:
+                    for _ in range(min(s.burst, s.workloads - i)):
+                        n.start_soon(deploy, i)
+                        i += 1
+                await drain()
+            placing = trio.current_time() - t0
+            wall = time.perf_counter() - w0
+            await self.wait(self.decisions_everywhere, 60)
+        finally:
+            trio.lowlevel.remove_instrument(meter)
+            self.net.meter = None
+            gc.enable()
+            gc.unfreeze()
         wall_all, cpu = time.perf_counter() - w0, time.process_time() - p0
         sim = trio.current_time() - t0
+        per_peer = sorted(meter.cpu.get(pid, 0.0) for pid in self.up)
+        busiest = per_peer[-1]
         counts = self.net.counts - c0
         placed = s.workloads * s.replicas
         log = self.net.hop_log[hops0:]
@@ -270,10 +363,32 @@ class Sim:
             "hops99_p50": _pct(hops, 50), "hops99_p99": _pct(hops, 99), "hops99_max": max(hops, default=None),
             "gossip_messages": len(log), "short_of_99pct": len(log) - len(hops),
             "rss_per_peer_kb": round((rss_bytes() - self.rss0) / s.peers / 1024, 1),  # + catalogs, status, caches
+            # Simulated time, each peer on a core of its own (PeerCPU): the placement rate the
+            # mesh reached, and what the busiest peer spent on it
+            "offered_per_s": s.rate * s.replicas if s.rate else None,
+            "placing_sim_s": round(placing, 3),
+            "replicas_per_sim_s": round(placed / placing, 1),
+            "peer_cpu_ms_p50": round(1000 * per_peer[len(per_peer) // 2], 2),
+            "peer_cpu_ms_p99": round(1000 * per_peer[min(len(per_peer) - 1, int(0.99 * len(per_peer)))], 2),
+            "peer_cpu_ms_max": round(1000 * busiest, 2),
+            "busiest_peer_core_share": round(busiest / placing, 3),
+            # the rate at which the busiest peer's core would be full (its work grows with the rate)
+            "capacity_per_s": round(placed / busiest) if busiest else None,
+            "cpu_attributed_share": round(sum(meter.cpu.values()) / cpu, 3),
         }
 
+    def truth(self, key: tuple):
+        """A workload's current decision: the newest among its live holders (in a small mesh every
+        peer has it; in a large one only they, its runners and its deciders do)."""
+        cached = self._holders.get(key)
+        if cached is None or cached[0] != len(self.up) or cached[1] != self.up[-1]:  # (peers only join at the end)
+            cached = self._holders[key] = (len(self.up), self.up[-1], holders(key, self.up, 3))
+        ds = [self.peers[h].placement.catalog.entries.get(key) for h in cached[2]]
+        ds = [d for d in ds if d is not None]
+        return max(ds, key=lambda d: d.order()) if ds else None
+
     def key_running(self, key: tuple) -> bool:
-        d = self.peers[self.up[0]].placement.catalog.entries.get(key)
+        d = self.truth(key)
         if d is None:
             return False
         for replica, peer in d.assignments:
@@ -283,8 +398,17 @@ class Sim:
         return True
 
     def decisions_everywhere(self) -> bool:
-        n = len(self.peers[self.up[0]].placement.catalog.entries)
-        return all(len(self.peers[pid].placement.catalog.entries) == n for pid in self.up)
+        """Every peer that should keep each workload has its current decision."""
+        for i in range(self.s.workloads):
+            key = ("default", "Deployment", f"w{i}")
+            d = self.truth(key)
+            if d is None:
+                return False
+            keepers = set(self.up) if self.peers[self.up[0]].placement.size() <= self.s.broadcast_max else set(
+                holders(key, self.up, 3)) | {p for _, p in d.assignments}
+            if any(self.peers[p].placement.catalog.entries.get(key) != d for p in keepers if p in self.peers):
+                return False
+        return True
 
     async def churn(self) -> None:
         s = self.s
@@ -307,9 +431,8 @@ class Sim:
                 gap = 60.0 / per_minute
                 for _ in range(per_minute):
                     victim = self.rng.choice(self.up)
-                    ref = self.peers[self.up[0] if self.up[0] != victim else self.up[1]].placement.catalog
-                    for d, replicas in ((d, [r for r, p in d.assignments if p == victim]) for d in ref.live()):
-                        lost.update(((d.key, r), trio.current_time()) for r in replicas)
+                    for d in filter(None, (self.truth(("default", "Deployment", f"w{i}")) for i in range(s.workloads))):
+                        lost.update(((d.key, r), trio.current_time()) for r, p in d.assignments if p == victim)
                     self.kill(victim)
                     killed += 1
                     await self.add_peer()
@@ -330,21 +453,25 @@ class Sim:
 
     def replica_running(self, key: tuple, replica: str) -> bool:
         """Assigned (in the catalog of a live peer) to a live peer that runs its pod."""
-        d = self.peers[self.up[0]].placement.catalog.entries.get(key)
+        d = self.truth(key)
         peer = d.peer_of(replica) if d is not None and not d.deleted else None
         return (peer is not None and peer in self.peers and self.peers[peer].mesh.running
                 and render.pod_name(key[0], replica) in self.peers[peer].running_pods())
 
     def census(self) -> dict:
-        """Replicas wanted (by the catalog of every live peer, which must agree) vs running."""
-        ref = self.peers[self.up[0]].placement.catalog
-        disagree = sum(1 for pid in self.up if self.peers[pid].placement.catalog.entries.keys() != ref.entries.keys())
-        wanted = running = 0
-        lost = []
+        """Replicas wanted (by each workload's holders, who must agree — every peer in a small
+        mesh) vs running."""
+        small = self.peers[self.up[0]].placement.size() <= self.s.broadcast_max
+        wanted = running = disagree = 0
+        lost, re_placed = [], 0
         assigned: set[tuple[str, str]] = set()
         for i in range(self.s.workloads):
             key = ("default", "Deployment", f"w{i}")
-            d = ref.entries.get(key)
+            d = self.truth(key)
+            keepers = self.up if small else holders(key, self.up, 3)
+            if any(self.peers[p].placement.catalog.entries.get(key) != d for p in keepers):
+                disagree += 1
+            re_placed += d is not None and d.revision > 0
             if d is None or d.deleted:
                 lost.append(key)
                 continue
@@ -361,8 +488,7 @@ class Sim:
                 lost.append(key)
         extra = sum(1 for pid in self.up for pod in self.peers[pid].running_pods() if (pid, pod) not in assigned)
         return {"replicas_wanted": wanted, "replicas_running": running, "workloads_not_whole": len(lost),
-                "duplicates": extra, "catalogs_disagreeing": disagree,
-                "workloads_re_placed": sum(1 for d in ref.live() if d.revision > 0)}
+                "duplicates": extra, "catalogs_disagreeing": disagree, "workloads_re_placed": re_placed}
 
     # -- the whole run -----------------------------------------------------------------------------
     async def run(self) -> dict:

@@ -28,6 +28,7 @@ peer's view entries are slotted (beemeshd.core.membership.Member).
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter, OrderedDict
 from contextlib import asynccontextmanager
 
@@ -49,7 +50,7 @@ class FakeNetwork:
         self.peers: dict[str, FakeMesh] = {}
         self.joined: set[str] = set()
         self._group: dict[str, int] | None = None
-        self._cache: OrderedDict[bytes, proto.Envelope] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[proto.Envelope, float]] = OrderedDict()  # + its decode CPU
         self._cache_limit = verify_cache
         self.messages = 0  # gossip deliveries, for simulators
         # For simulators: messages by kind ("gossip <topic>" deliveries, "forward" overlay sends
@@ -61,6 +62,8 @@ class FakeNetwork:
         self._neighbours: dict[str, list[str]] = {}
         self._heartbeat = -1e9
         self._ids: list[str] = []  # every peer ever added, to draw overlay neighbours from
+        # A simulator's CPU meter (bench/simulate.py PeerCPU): charged per receiving peer.
+        self.meter = None
 
     # --- topology -----------------------------------------------------------------------------
 
@@ -94,16 +97,26 @@ class FakeNetwork:
 
     def cached(self, raw: bytes) -> proto.Envelope | None:
         """A verified decode of these exact bytes, or None (let the receiver's gate decode)."""
-        env = self._cache.get(raw)
-        if env is None:
+        hit = self._cache.get(raw)
+        if hit is None:
+            t0 = time.process_time()
             try:
                 env = proto.decode(raw)
             except proto.Rejected:
                 return None
-            self._cache[raw] = env
+            self._cache[raw] = (env, time.process_time() - t0)
             if len(self._cache) > self._cache_limit:
                 self._cache.popitem(last=False)
-        return env
+            return env
+        if self.meter is not None:  # what this receiver would have spent verifying it
+            self.meter.extra(hit[1])
+        return hit[0]
+
+    def _hand(self, pid: str, topic: str, raw: bytes) -> bool:
+        """Give gossip to a peer (on its CPU account when a meter runs)."""
+        if self.meter is None:
+            return self.peers[pid]._gossip_in(topic, raw)
+        return self.meter.hand(pid, self.peers[pid]._gossip_in, topic, raw)
 
     # --- traffic ------------------------------------------------------------------------------
 
@@ -128,7 +141,7 @@ class FakeNetwork:
             if self.same_side(src, pid) and self.up(pid):
                 self.messages += 1
                 self.counts["gossip " + topic] += 1
-                self.peers[pid]._gossip_in(topic, raw)
+                self._hand(pid, topic, raw)
 
     # --- the overlay (degree=D) ---------------------------------------------------------------
 
@@ -189,7 +202,7 @@ class FakeNetwork:
                 have.add(q)
                 self.messages += 1
                 self.counts["gossip " + topic] += 1
-                if self.peers[q]._gossip_in(topic, raw):  # only what it accepted travels on
+                if self._hand(q, topic, raw):  # only what it accepted travels on
                     frontier.append((q, pid))
                     reached += 1
             if hops99 is None and reached >= 0.99 * target:

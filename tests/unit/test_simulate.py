@@ -16,7 +16,8 @@ from beemeshd.mesh.fake import FakeMesh, FakeNetwork
 
 # Figures that measure this machine, not the simulated mesh.
 MACHINE = {"wall_s", "wall_all_s", "cpu_s", "replicas_per_s", "replicas_per_cpu_s", "decisions_per_s",
-           "wall_per_sim_s", "cpu_per_sim_s", "memory_per_peer_kb", "rss_per_peer_kb"}
+           "wall_per_sim_s", "cpu_per_sim_s", "memory_per_peer_kb", "rss_per_peer_kb", "peer_cpu_ms_p50",
+           "peer_cpu_ms_p99", "peer_cpu_ms_max", "busiest_peer_core_share", "capacity_per_s", "cpu_attributed_share"}
 
 
 def simulated(result):
@@ -108,3 +109,18 @@ async def test_only_the_peers_concerned_reconcile_when_a_decision_arrives(autoju
         assert all(extra[pid] >= 2 for pid in runners)  # woken: create, then see it run
         assert all(extra[p.id] == 0 for p in peers if p.id not in runners and p is not peers[0])
         nursery.cancel_scope.cancel()
+
+
+def test_a_large_mesh_places_and_heals_through_holders_only():
+    """The same run with news kept to holders and runners (broadcast_max below the mesh size):
+    no decision or status is gossiped, every peer's CPU is metered, churn still loses nothing."""
+    s = Settings(peers=30, workloads=10, rate=50, broadcast_max=8, minutes=2, settle=15, idle=1)
+    out = simulate(s)
+    place, churn = out["place"], out["churn"]
+    assert place["gossip_deliveries_per_workload"] == 0  # nothing went to every peer
+    assert place["messages_by_kind_per_workload"]["request /beemesh/event/1"] > 0
+    assert place["replicas"] == 30 and place["peer_cpu_ms_max"] > 0 and place["capacity_per_s"] > 0
+    assert 0 < place["busiest_peer_core_share"] < 1
+    assert churn["replicas_running"] == churn["replicas_wanted"] == 30
+    assert churn["workloads_not_whole"] == 0 and churn["duplicates"] == 0 and churn["never_rerun"] == 0
+    assert churn["catalogs_disagreeing"] == 0 and churn["replicas_lost_with_a_peer"] > 0
