@@ -797,6 +797,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--minutes", type=float, default=3.0, help="simulated minutes of churn")
     ap.add_argument("--workloads", type=int, default=300)
+    ap.add_argument("--rate", type=float, default=1000.0,
+                    help="Deploys per simulated second, each on its own (0: bursts of 50, each waiting for the last)")
     ap.add_argument("--plot-dir", default=None, help="write sim_latency.png and sim_hops.png here")
     ap.add_argument("--full-up-to", type=int, default=FULL_UP_TO,
                     help="larger meshes: overlay measured, the rest projected")
@@ -804,5 +806,5 @@ if __name__ == "__main__":
     ap.add_argument("--json", default=str(RESULTS), help="write the results here (rows() reads them)")
     a = ap.parse_args()
     out = main(tuple(a.peers), a.seed, a.minutes, a.plot_dir, full_up_to=a.full_up_to, workloads=a.workloads,
-               trace_memory=a.trace_memory)
+               trace_memory=a.trace_memory, rate=a.rate or None)
     save(out, Path(a.json))

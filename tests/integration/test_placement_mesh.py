@@ -115,3 +115,40 @@ def test_a_restarted_peer_rejoins_and_takes_work_again(trio_of_nodes):
     assert sorted(x["peer"] for x in r.json["workload"]["replicaStatus"]) == sorted(ids)
     wait_for(lambda: [len(labelled_pods(n)) for n in trio_of_nodes] == [1, 1, 1], what="one pod per peer")
     assert b.proc.poll() is None  # it is still running
+
+
+def test_a_large_mesh_keeps_news_to_holders_and_runners(user, varlinkctl):
+    """Four real peers with the large-mesh rules switched on (catalog_broadcast_max = 2) and one
+    holder per workload (replication_k = 1): a peer that neither holds nor runs a workload never
+    hears of it, yet answers Get/List/Scale/Delete for it by asking the holder."""
+    from beemeshd.core.catalog import holders
+
+    cfg = {"catalog_broadcast_max": 2, "replication_k": 1}
+    with podman_mesh(user, 4, config=lambda i: cfg) as nodes:
+        ids = peer_ids(nodes)
+        port = free_port()
+        r = nodes[0].call("Deploy", {"manifest": web(replicas=1, port=port), "wait": True, "timeoutSeconds": 60})
+        assert r.rc == 0, r.err
+        runner = r.json["workloads"][0]["replicaStatus"][0]["peer"]
+        [holder] = holders(("default", "Deployment", "web"), ids, 1)
+        outsiders = [n for n, pid in zip(nodes, ids) if pid not in (runner, holder, ids[0])]
+        assert outsiders
+        x = outsiders[0]
+        time.sleep(1)
+        assert x.call("GetInfo").json["info"]["workloads"] == 0  # the decision never reached it
+        # it asks the holder: the workload, its replica's status, a page from the runner
+        got = wait_for(lambda: (w := x.call("Get", {"name": "web"}).json["workload"])["readyReplicas"] == 1 and w,
+                       what="Get on an outsider")
+        assert got["replicaStatus"][0]["peer"] == runner
+        p = got["ports"][0]
+        assert x.http(p["hostIP"], p["hostPort"]) == "hello from beemesh busybox\n"
+        assert [y["workload"]["name"] for y in x.call("List", {}, "--more").lines] == ["web"]
+        # Scale and Delete from there build on the holder's generation
+        r = x.call("Scale", {"name": "web", "replicas": 2, "wait": True, "timeoutSeconds": 60})
+        assert r.rc == 0, r.err
+        assert r.json["workload"]["generation"] == 2 and r.json["workload"]["readyReplicas"] == 2
+        assert sum(len(labelled_pods(n)) for n in nodes) == 2
+        r = x.call("Delete", {"name": "web", "wait": True, "timeoutSeconds": 60})
+        assert r.rc == 0, r.err
+        wait_for(lambda: sum(len(labelled_pods(n)) for n in nodes) == 0, what="no pods left")
+        assert nodes[0].call("Get", {"name": "web"}).error == "io.beemesh.Mesh.WorkloadNotFound"
