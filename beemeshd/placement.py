@@ -57,6 +57,7 @@ HEAL_SWEEP = 5.0  # without news, a full healing pass this often (it costs O(pee
 STATUS_REFRESH = 10.0
 SCOPED_KINDS = ("Deployment", "Pod")  # kinds whose news goes to holders and runners only in a large mesh
 FETCH_TIMEOUT = 2.0
+LIST_DEADLINE = 5.0  # a List in a large mesh answers with what came back by then
 
 
 def now_usec() -> int:
@@ -647,8 +648,9 @@ class Placement:
             self.status[key] = {str(r): (str(peer), dict(row), int(gen)) for r, peer, row, gen in rows}
 
     async def list_all(self) -> None:
-        """Before a List in a large mesh: gather the workloads every peer holds (bounded
-        parallelism; a peer that does not answer in time leaves out only what it alone holds)."""
+        """Before a List in a large mesh: gather the workloads every peer holds (32 asked at a time,
+        FETCH_TIMEOUT each, LIST_DEADLINE in all; a workload is missing only if none of its
+        holders answered in time)."""
         if self.size() <= self.broadcast_max:
             return
         peers = [p for p in self.healthy() if p != self.peer_id]
@@ -661,9 +663,10 @@ class Placement:
                 except Exception as exc:
                     log.debug("listing at %s failed: %s", peer, exc)
 
-        async with trio.open_nursery() as n:
-            for peer in peers:
-                n.start_soon(ask, peer)
+        with trio.move_on_after(LIST_DEADLINE):  # a mesh full of silent peers must not hold a List for minutes
+            async with trio.open_nursery() as n:
+                for peer in peers:
+                    n.start_soon(ask, peer)
 
     def _status_rows(self, key: Key) -> list:
         return [[r, peer, row, gen] for r, (peer, row, gen) in self.status.get(key, {}).items()]
