@@ -108,6 +108,7 @@ class Placement:
         self._holders: dict[Key, list[str]] = {}  # cache, valid until the next peer event
         self._size: int | None = None  # healthy peers, likewise cached
         self._handed: dict[Key, frozenset[str]] = {}  # the holders each held workload was last pushed to
+        self._borrowed: set[Key] = set()  # copies taken while this peer kept nothing of them
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -179,11 +180,15 @@ class Placement:
             hs = self._holders[key] = holders(key, self.healthy(), self.catalog.k)
         return hs
 
+    def keeper(self, key: Key) -> bool:
+        """A holder of the workload or a peer that runs it: every change reaches it."""
+        return self.peer_id in self.holders_of(key) or self._runs_here(self.catalog.entries.get(key))
+
     def knows(self, key: Key) -> bool:
         """Whether this peer's copy of a workload is kept current: always in a small mesh; in a
-        large one only on its holders and runners (everyone else asks them)."""
-        return not self.scoped(key) or self.peer_id in self.holders_of(key) or self._runs_here(
-            self.catalog.entries.get(key))
+        large one on its keepers, unless the copy came while this peer was none (it may be stale
+        — e.g. the peer that took the Deploy, later made a holder by peers leaving)."""
+        return not self.scoped(key) or (self.keeper(key) and key not in self._borrowed)
 
     def _hears_status(self, d: Decision) -> bool:
         """Whether status reports for this workload reach this peer (so its promises can be
@@ -470,7 +475,13 @@ class Placement:
 
     def _merge(self, d: Decision, quiet: bool = False) -> None:
         before = self.catalog.entries.get(d.key)
-        if not self.catalog.merge(d):
+        merged = self.catalog.merge(d)
+        if self.scoped(d.key) and (merged or before.order() == d.order()):
+            if self.keeper(d.key):
+                self._borrowed.discard(d.key)  # news to a keeper: current
+            elif merged:
+                self._borrowed.add(d.key)
+        if not merged:
             return
         if quiet and not self.knows(d.key):  # fetched to answer a question: nothing to act on
             self._signal(False)
@@ -679,6 +690,14 @@ class Placement:
                 continue
             hs = frozenset(self.holders_of(key))
             was = self._handed.get(key, frozenset())
+            if key in self._borrowed:
+                if self.keeper(key) and self._nursery is not None:
+                    # made a holder (peers left) with a copy that may be stale: take the current
+                    # one from the other holders before handing it on
+                    self._nursery.start_soon(self._fetch, [key])
+                continue
+            if not self.keeper(key) and self.peer_id not in was:
+                continue
             if hs != was:
                 self._handed[key] = hs
                 self._push_to(hs - was, {"type": "handover", "decision": d.to_wire()})
@@ -724,6 +743,8 @@ class Placement:
         for k, d in self.catalog.entries.items():
             theirs = have.get(key_str(k))
             if not isinstance(theirs, list) or tuple(theirs) < d.order()[:3]:
+                if self.scoped(k) and not self.knows(k):
+                    continue  # a large mesh: our copy may be stale (we neither hold nor run it)
                 if (theirs is None and self.scoped(k) and asker not in self.holders_of(k)
                         and not any(r == asker for _, r in d.assignments)):
                     continue  # a large mesh: not theirs to keep

@@ -156,3 +156,46 @@ async def test_random_loss_in_a_large_mesh_heals_and_loses_nothing(seed, nursery
     assert sum(len(p.runtime.pod_names()) for p in alive) == sum(sizes.values())
     for name, n in sizes.items():
         assert len({r["peer"] for r in (await get(alive[0], name))["replicaStatus"]}) == n
+
+
+async def test_a_new_holder_gets_the_current_decision_not_a_stale_copy(net, nursery, autojump_clock):
+    """The peer that took the Deploy keeps its copy, which goes stale when a holder re-places a
+    replica; when the holder set moves, only holders and runners — whose copies are kept current —
+    hand the workload on (a peer made holder with a stale copy first asks the others): a new holder
+    that took the old assignments would wait for reports from peers that no longer run it, judge
+    them undelivered, or heal from stale assignments."""
+    peers = await mesh_of(nursery, net, 10, broadcast_max=4)
+    hs = holders(KEY, [p.id for p in peers], 3)
+    origin = next(p for p in peers if p.id not in hs)
+    pool = [p for p in peers if p.id not in hs and p is not origin][:4]
+    for p in pool:  # replicas run on these only: never on a holder or the origin
+        p.labels = (("role", "run"),)
+    m = deployment(replicas=2, cpu="100m")
+    m["spec"]["template"]["spec"]["nodeSelector"] = {"role": "run"}
+    await origin.w.deploy(manifest=m, yaml=None, namespace=None, wait=True, timeout=30, dry_run=False)
+    first = origin.placement.catalog.entries[KEY]
+    runner = next(p for p in pool if p.id == first.assignments[0][1])
+    runner.kill()
+    alive = [p for p in peers if p is not runner]
+    keeper = next(p for p in alive if p.id == hs[0])
+    with trio.fail_after(20):
+        while (await get(keeper, "web"))["readyReplicas"] != 2 or any(
+                r["peer"] == runner.id for r in (await get(keeper, "web"))["replicaStatus"]):
+            await trio.sleep(0.5)
+    assert not origin.placement.knows(KEY)
+    origin.placement.catalog.entries[KEY] = first  # its copy, stale (anti-entropy may have refreshed it)
+    # a holder dies: whoever becomes holder must get the current decision, never the stale one
+    victim = next(p for p in alive if p.id == hs[1])
+    alive = [p for p in alive if p is not victim]
+    new = next(p for p in alive if p.id in holders(KEY, [q.id for q in alive], 3) and p.id not in hs)
+    offered = []
+    merge = new.placement.catalog.merge
+    new.placement.catalog.merge = lambda d: offered.append(d) or merge(d)
+    victim.kill()
+    await trio.sleep(4 * SYNC_INTERVAL)
+    current = keeper.placement.catalog.entries[KEY]
+    assert current.revision == 1 and new.placement.catalog.entries[KEY] == current
+    assert first not in offered
+    await trio.sleep(70)  # past deliver_within: the promises the new holder keeps were all kept
+    assert all(new.placement.trust.receipts(p.id).get("undelivered", 0) == 0 for p in alive)
+    assert sum(len(p.runtime.pod_names()) for p in alive) == 2
