@@ -90,6 +90,10 @@ class Config:
     lease_stop_margin_seconds: float = 5.0
     # Members of a StatefulSet's consensus group: its replicas' peers, topped up to this many.
     consensus_group_size: int = 3
+    # Re-form a group whose member majority the failure detector has declared dead this long
+    # (0, the default: only when those peers come back restarted — never two copies). Non-zero is
+    # an assumption about partitions: README, "Re-forming a group".
+    consensus_refound_after_seconds: float = 0.0
     # Raft: the driver's tick (votes, proposals go out at once), the leaders' heartbeat (what idle
     # groups cost), the shortest election timeout (the longest is twice that; more than three
     # heartbeats). A leader's failure is noticed after about one election timeout.

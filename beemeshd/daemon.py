@@ -302,7 +302,8 @@ def make_stateful(config: Config, node: Node, placement, agent: Agent):
         raise SystemExit(f"beemeshd: lease or raft settings: {exc or 'election must exceed 3 heartbeats'}") from None
     endpoint = getattr(node.runtime, "endpoint", "")
     st = Stateful(node.mesh, placement, agent, node.runtime, node.events, StatefulFiles(config.state_dir),
-                  settings=Settings(lease, raft, config.consensus_group_size),
+                  settings=Settings(lease, raft, config.consensus_group_size,
+                                    refound_after=config.consensus_refound_after_seconds),
                   watchdog=watchdog_argv(config.state_dir, endpoint, podman_store_args(config)))
     inner = agent.wanted
     agent.wanted = lambda: st.wanted(inner)

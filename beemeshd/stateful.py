@@ -18,16 +18,22 @@ replicates the lease table of beemeshd/core/lease.py; this module wires it to th
   per running pod lets the lease watchdog (a separate process) kill it if beemeshd cannot.
 - Healing. The group's leader re-places an ordinal whose peer is gone once the lease wait has run
   out (placement leaves StatefulSets alone): an auction among live peers, then a "heal" decision.
-- Views. `lease_of` (Get's Replica.lease), `group_of` (Explain's group), events LeaseGranted,
-  LeaseLost and LeaderChanged on Watch; `counters` for GetInfo.
+- Views. `lease_of` (Get's Replica.lease; a peer outside the group asks members, see
+  beemeshd/stateful_views.py), `group_of` (Explain's group), events LeaseGranted, LeaseLost and
+  LeaderChanged on Watch; `counters` for GetInfo.
 - Shutdown. A stopping daemon hands its ordinals over (a heal decision), stops their pods and
   releases their leases: they run elsewhere within seconds, not after the lease wait.
 - History. Every start and stop of a stateful pod is logged as `lease history {json}`.
 
-A group that lost a majority of its members for good (two of three peers gone, or restarted at
-once) cannot elect a leader: its leases run out and its ordinals stay stopped until it is deleted
-and deployed again (tokens stay monotonic through the fence files). Re-founding it automatically
-cannot be made safe without a second consensus (the lost members might only be partitioned away).
+- Re-forming. A group that lost a majority of its members for good (two of three peers gone, or
+  restarted at once) cannot elect a leader again. Its lowest live member founds it again as
+  BASE#USEC once that majority is gone for good: proved (their peers joined under new ids, or
+  answered a probe that they have no member under them) or, unless `Settings.refound_after` is
+  0, assumed (declared dead by the failure detector for that long while this peer sees most of
+  its mesh alive). The new table is sealed until its seed, which marks every ordinal as held by
+  someone unknown above every token the old group could mint: the grantor waits W before any
+  grant (beemeshd/stateful_refound.py). Safety argument and the case it cannot cover: README,
+  "Re-forming a group".
 """
 
 from __future__ import annotations
@@ -43,19 +49,20 @@ import trio
 
 from beemeshd import errors
 from beemeshd.consensus import Driver, ProposalFailed, RaftGroup, RaftTiming
-from beemeshd.consensus.codec import peer_of
 from beemeshd.consensus.leases import LeaseKeeper, LeaseMachine
 from beemeshd.consensus.wire import MeshWire
 from beemeshd.core import lease as L
 from beemeshd.core.catalog import Decision, Key
-from beemeshd.core.groups import creating, desired_peers, founders, group_id, next_change
+from beemeshd.core.groups import (base_of, creating, desired_peers, founders, group_id, next_change, peer_of,
+                                   refounded_at, refounder)
 from beemeshd.events import make_event
 from beemeshd.stateful_files import StatefulFiles, boottime
 from beemeshd.stateful_pods import PodGuard
+from beemeshd.stateful_refound import PROTO_RAFT_JOIN, Refounding
+from beemeshd.stateful_views import PROTO_LEASES, RemoteLeases
 
 log = logging.getLogger("beemeshd.stateful")
 
-PROTO_RAFT_JOIN = "/beemesh/raft-join/1"
 MANAGE_INTERVAL = 0.5
 JOIN_TTL = 30.0  # seconds a leader remembers a join request
 ORPHAN_AFTER = 10.0  # seconds without a leader before a member asks whether it was removed
@@ -77,6 +84,8 @@ class Member:
     leader_hint: str | None = None
     changing: bool = False  # a membership change or a heal is in flight (leader)
     heal_tried: tuple | None = None
+    seed_floor: int = 0  # a re-founded group's founder: the floor its seed sets ...
+    seed_ordinals: frozenset = frozenset()  # ... and the ordinals the old table had
 
 
 @dataclass
@@ -84,6 +93,9 @@ class Settings:
     lease: L.Timing = field(default_factory=L.Timing)
     raft: RaftTiming = field(default_factory=RaftTiming)
     group_size: int = 3
+    # Re-form a group whose member majority the failure detector has declared dead for this long
+    # (seconds; 0: only when their peers prove it by joining under new ids). See README.
+    refound_after: float = 0.0  # off: proofs only (config consensus_refound_after_seconds)
 
     @property
     def start_headroom(self) -> float:
@@ -113,7 +125,10 @@ class Stateful:
         self._offsets: dict[str, float] = {}
         self._joining: set[Key] = set()
         self._nursery: trio.Nursery | None = None
+        self.refounding = Refounding(self)  # groups that lost their majority for good
+        self.remote = RemoteLeases(self)  # Get on a peer outside the group asks a member
         mesh.handle(PROTO_RAFT_JOIN, self._handle_join)
+        mesh.handle(PROTO_LEASES, self.remote.handle)
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -179,10 +194,11 @@ class Stateful:
     # -- views --------------------------------------------------------------------------------------
     def lease_of(self, key: Key, ordinal: int) -> dict | None:
         """Replica.lease: holder, token and end (µs since the epoch). The holder knows the end on
-        its own clock; other members show when the lease could be granted again at the latest."""
+        its own clock; other members show when the lease could be granted again at the latest.
+        Outside the group: what members answered when Get last asked (`refresh_leases`)."""
         m = self.members.get(key)
         if m is None:
-            return None
+            return self.remote.get(key, ordinal)
         lease = m.machine.table().get(ordinal)
         if lease is None or lease.holder is None:
             return None
@@ -194,6 +210,10 @@ class Stateful:
             wall = (seen + self.settings.lease.regrant_after + self._offset("grantor", self.grantor_clock)
                     if seen is not None else time.time())
         return {"holder": lease.holder, "token": lease.token, "expiresUSec": int(wall * 1e6)}
+
+    async def refresh_leases(self, name: str, namespace: str | None, kind: str | None) -> None:
+        """Before Get replies: a peer outside the StatefulSet's group asks its members."""
+        await self.remote.refresh(name, namespace, kind)
 
     def _offset(self, name: str, clock) -> float:
         """Wall time minus `clock`, kept while it stays within a second: the same lease shows the
@@ -246,17 +266,22 @@ class Stateful:
         live = {d.key: d for d in self.placement.catalog.live() if d.key[1] == "StatefulSet"}
         for key, m in list(self.members.items()):
             d = live.get(key)
-            if (d is None or group_id(d) != m.gid) and not self.guard.has_pods(key):
+            if (d is None or group_id(d) != base_of(m.gid)) and not self.guard.has_pods(key):
                 self._close(m, forget=True)
         alive = self.placement.alive()
+        self.refounding.note_down(alive)
         for key, d in live.items():
             m = self.members.get(key)
-            if m is not None and m.gid != group_id(d):
+            if m is not None and base_of(m.gid) != group_id(d):
                 continue  # the old group's pods are still stopping
             if key in self._joining:
                 continue
             if m is None:
-                if self.peer_id in desired_peers(d, alive, self.settings.group_size) or self.guard.has_pods(key):
+                size = self.settings.group_size
+                # a founder founds even if no longer among the desired peers (bid order and distance
+                # differ in larger meshes): without it the founders' group has no majority
+                if (self.peer_id in desired_peers(d, alive, size) or self.guard.has_pods(key)
+                        or (creating(d) and self.peer_id in founders(d, size) and group_id(d) not in self.used)):
                     self._joining.add(key)
                     self._nursery.start_soon(self._found_or_join, d)
                 continue
@@ -264,18 +289,24 @@ class Stateful:
             if m.group.leader is not None:
                 m.leader_seen = now
             if m.group.passive or now - m.leader_seen > ORPHAN_AFTER:
+                if not m.group.passive and refounder(m.group.members, m.node_id, self.refounding.gone(m)):
+                    self.refounding.refound(m, d)
+                    continue
                 self._joining.add(key)
                 self._nursery.start_soon(self._ask_to_join, m, d)
             if m.group.is_leader and not m.changing:
                 m.changing = True
                 self._nursery.start_soon(self._lead, m, d, alive)
 
-    def _new_member(self, d: Decision, node_id: str, members: list[str], passive: bool) -> Member:
-        key, gid = d.key, group_id(d)
+    def _new_member(self, d: Decision, node_id: str, members: list[str], passive: bool,
+                    gid: str | None = None) -> Member:
+        key, gid = d.key, gid or group_id(d)
         self.used[gid] = node_id
         self.files.set_group(gid, node_id)  # before it can vote: never reused, even after a crash
+        again = refounded_at(gid)  # a re-founded group: its own floor, sealed until its seed
         machine = LeaseMachine(self.peer_id, self.settings.lease, self.holder_clock, self.grantor_clock,
-                               on_event=partial(self._event, key), floor=L.token_base(d.created_usec))
+                               on_event=partial(self._event, key), sealed=again is not None,
+                               floor=L.token_base(d.created_usec if again is None else again))
         group = RaftGroup(gid, node_id, members, machine, self.driver, timing=self.settings.raft, passive=passive)
         keeper = LeaseKeeper(machine, group, wanted=partial(self._wanted_ordinals, key),
                              has_pod=partial(self.guard.has_pod, key),
@@ -298,9 +329,11 @@ class Stateful:
         m.group.close()
         if self.members.get(m.key) is m:
             del self.members[m.key]
-        if forget:
-            self.used.pop(m.gid, None)
-            self.files.set_group(m.gid, None)
+        if forget:  # the workload is gone: every group it had
+            for gid in [g for g in self.used if base_of(g) == base_of(m.gid)]:
+                self.used.pop(gid, None)
+                self.files.set_group(gid, None)
+            self.refounding.retired.pop(base_of(m.gid), None)
 
     async def _found_or_join(self, d: Decision) -> None:
         try:
@@ -311,17 +344,22 @@ class Stateful:
                 return
             node = f"{self.peer_id}/{self.driver.incarnation}-{next(self._ids)}"
             reply = await self._join_request(d, node, None)
-            if reply is not None and d.key not in self.members:
-                self._new_member(d, node, reply["members"], passive=True)
+            if reply is not None and d.key not in self.members and node not in self.refounding.disowned:
+                self._new_member(d, node, reply["members"], passive=True, gid=reply["group"])
         finally:
             self._joining.discard(d.key)
 
     async def _ask_to_join(self, m: Member, d: Decision) -> None:
         try:
             reply = await self._join_request(d, m.node_id, m.leader_hint)
-            if reply is not None and not m.group.passive and m.node_id not in reply["members"]:
+            if reply is not None and reply["group"] != m.gid and self.members.get(m.key) is m:
+                log.info("group %s was founded again as %s: leaving the old one to join it", m.gid, reply["group"])
+                self._close(m, forget=False)
+            elif reply is not None and not m.group.passive and m.node_id not in reply["members"]:
                 log.info("removed from group %s: leaving it (joining again if still wanted)", m.gid)
                 self._close(m, forget=False)
+            elif not m.group.passive and self.members.get(m.key) is m:
+                await self.refounding.probe(m)  # which ids of live peers are gone for good
         finally:
             self._joining.discard(d.key)
 
@@ -341,9 +379,15 @@ class Stateful:
             seen.add(peer)
             asked += 1
             try:
-                reply = await self.mesh.request(peer, PROTO_RAFT_JOIN, {"group": group_id(d), "node": node}, 1.0)
+                # a member asks about its own group; a peer without one about the current one
+                ask = {"group": m.gid, "node": node, "member": True} if m is not None else {"group": group_id(d),
+                                                                                           "node": node}
+                reply = await self.mesh.request(peer, PROTO_RAFT_JOIN, ask, 1.0)
                 members = [str(x) for x in reply.get("members", [])]
                 leader = reply.get("leader")
+                gid = reply.get("group", group_id(d))
+                if not isinstance(gid, str) or base_of(gid) != group_id(d):
+                    raise ValueError(f"answered for group {gid!r}")
             except Exception as exc:  # unreachable, not a member: ask the next one
                 log.debug("join %s via %s: %s", group_id(d), peer, exc)
                 continue
@@ -351,20 +395,27 @@ class Stateful:
                 continue
             if m is not None:
                 m.leader_hint = peer_of(leader) if isinstance(leader, str) and leader else None
-            return {"members": members, "leader": leader}
+            return {"members": members, "leader": leader, "group": gid}
         return None
 
     async def _handle_join(self, env) -> dict:
         p = env.payload
         gid, node = p.get("group"), p.get("node")
+        if isinstance(gid, str) and isinstance(p.get("probe"), str):
+            return self.refounding.answer_probe(gid, p["probe"])
         if not isinstance(gid, str) or not isinstance(node, str) or not node.startswith(f"{env.sender}/"):
             raise ValueError("a peer joins as itself: {group, node: PEER/ID}")
-        m = next((x for x in self.members.values() if x.gid == gid), None)
+        m = next((x for x in self.members.values() if base_of(x.gid) == base_of(gid)), None)
         if m is None:
             return {"members": [], "leader": None}
-        if m.group.is_leader and node not in m.group.members:
-            self.joins.setdefault(gid, {})[env.sender] = (node, self.grantor_clock())
-        return {"members": m.group.members, "leader": m.group.leader}
+        member = p.get("member") is True  # asked by a member of (some generation of) the group
+        if not member:  # a peer joins afresh only without a member: any id it had here is gone for good
+            for old in m.group.members:
+                if peer_of(old) == env.sender and old != node:
+                    self.refounding.retired.setdefault(base_of(gid), set()).add(old)
+        if m.group.is_leader and node not in m.group.members and (not member or gid == m.gid):
+            self.joins.setdefault(m.gid, {})[env.sender] = (node, self.grantor_clock())
+        return {"members": m.group.members, "leader": m.group.leader, "group": m.gid}
 
     def _wanted_ordinals(self, key: Key) -> dict[int, str]:
         """Where placement wants each ordinal, as far as a lease can be granted there: to a peer
@@ -378,7 +429,9 @@ class Stateful:
     # -- the leader's duties ------------------------------------------------------------------------
     async def _lead(self, m: Member, d: Decision, alive: list[str]) -> None:
         try:
-            if not await self._change_members(m, d, alive):
+            if m.machine.table().sealed:  # a re-founded group: its seed before anything else
+                await m.group.propose(L.seed(m.seed_floor, m.seed_ordinals | set(range(len(d.assignments)))), 2.0)
+            elif not await self._change_members(m, d, alive):
                 await self._heal(m, d, alive)
         except ProposalFailed as exc:
             log.debug("%s: leader duty failed: %s", m.gid, exc.reason)

@@ -69,9 +69,10 @@ def node(index: int, seeds: list[str], groups: int, boot: str | None, idle: floa
             say(event="up", address=mesh.addresses()[0])
             while sum(p.state == "alive" for p in mesh.peers()) < len(ids) - 1:
                 await trio.sleep(0.05)
-            tick, heartbeat, election = (float(x) for x in timing.split(","))
-            timing_ = RaftTiming(tick=tick, heartbeat=heartbeat, election_min=election, election_max=2 * election,
-                                 leader_fallback=2 * election)
+            tick, heartbeat, election, *longest = (float(x) for x in timing.split(","))
+            longest = longest[0] if longest else 2 * election  # the daemon: twice the shortest
+            timing_ = RaftTiming(tick=tick, heartbeat=heartbeat, election_min=election, election_max=longest,
+                                 leader_fallback=longest)
             alive = lambda: {p.peer_id for p in mesh.peers() if p.state in ("self", "alive", "suspect")}  # noqa
             driver = Driver(MeshWire(mesh), tick=timing_.tick, poll=timing_.heartbeat, reachable=alive,
                             incarnation="0")
@@ -238,7 +239,8 @@ if __name__ == "__main__":
     ap.add_argument("--boot")
     ap.add_argument("--groups", type=int, default=100)
     ap.add_argument("--idle", type=float, default=30.0)
-    ap.add_argument("--timing", default=DEFAULT_TIMING, help="tick,heartbeat,shortest election timeout (s)")
+    ap.add_argument("--timing", default=DEFAULT_TIMING,
+                    help="tick,heartbeat,shortest election timeout[,longest (default: twice the shortest)] (s)")
     a = ap.parse_args()
     if a.node is not None:
         node(a.node, a.seeds.split(","), a.groups, a.boot, a.idle, a.timing)

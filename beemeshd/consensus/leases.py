@@ -38,9 +38,10 @@ class LeaseMachine:
     """StateMachine for RaftGroup: the lease table and this member's view of it."""
 
     def __init__(self, peer: str, timing: L.Timing, holder_clock, grantor_clock, *, self_stop: bool = True,
-                 on_event: EventSink | None = None, floor: int = 0):
+                 on_event: EventSink | None = None, floor: int = 0, sealed: bool = False):
         self.peer = peer
         self.floor = floor  # the table's first floor: the same on every member (token_base)
+        self.sealed = sealed  # a re-founded group: no grant before its seed
         self.timing = timing
         self.holder_clock = holder_clock
         self.grantor_clock = grantor_clock
@@ -57,7 +58,7 @@ class LeaseMachine:
 
     # -- StateMachine ---------------------------------------------------------------------------
     def initial_state(self) -> dict:
-        return L.new_state(self.floor)
+        return L.new_state(self.floor, self.sealed)
 
     def apply(self, state: dict, cmd, index: int):
         return L.LeaseTable(state).apply(cmd, index)
@@ -180,6 +181,8 @@ class LeaseKeeper:
 
     async def _propose_task(self, key: tuple, cmd: tuple, renewal: bool) -> None:
         sent_at = self.m.holder.held[cmd[1]].sending if renewal else None
+        if key[0] == "release":
+            self.m.holder.releasing(cmd[1], cmd[3])
         ok = False
         try:
             result = await self.group.propose(cmd, self.propose_timeout)
@@ -193,5 +196,8 @@ class LeaseKeeper:
             if renewal:
                 self.m.holder.renewed(cmd[1], cmd[3], sent_at, ok, self.m.holder_clock())
                 self.m._wake()
-            elif key[0] == "release" and ok:
-                self.m.holder.forget(cmd[1])
+            elif key[0] == "release":
+                if ok:
+                    self.m.holder.forget(cmd[1], cmd[3])
+                else:  # still ours (or lost: then sync drops it): renew or release it again
+                    self.m.holder.releasing(cmd[1], cmd[3], False)

@@ -14,6 +14,16 @@ the later daemon's is recognisably the newer.
   add a wanted peer that asked to join; drop the older id of a peer that came back under a new
   one; while the group is larger than its size, drop a peer that is neither wanted nor holding a
   lease (dead ones first) — or, if that is the leader itself, hand leadership over first.
+- `refounder`: whether this member should found the group again (see below).
+
+Re-founding. A group whose members are mostly gone for good can never elect a leader again. Its
+live members then found a new group for the same workload, "BASE#USEC" (BASE: the group id above,
+USEC: when it was re-founded, which also sets its token floor). A member id counts as gone when
+its peer asked to join under another id (a daemon does that only after it lost or closed the old
+one: proof), or, if enabled, when the failure detector has declared its peer dead for longer than
+a bound (an assumption: see README, "Re-forming a group"). Of the live members only the lowest id
+founds; the others, and everyone else, find the new group through a join request, which any
+member answers for the base id.
 """
 
 from __future__ import annotations
@@ -21,8 +31,33 @@ from __future__ import annotations
 from beemeshd.core.catalog import Decision, distance
 
 
+REFOUNDED = "#"
+
+
 def group_id(d: Decision) -> str:
+    """The id of the workload's first group (a re-founded one adds "#USEC", see base_of)."""
     return f"{d.key[0]}/{d.key[2]}@{d.created_usec}"
+
+
+def base_of(gid: str) -> str:
+    return gid.split(REFOUNDED, 1)[0]
+
+
+def refounded_id(gid: str, usec: int) -> str:
+    return f"{base_of(gid)}{REFOUNDED}{usec}"
+
+
+def refounded_at(gid: str) -> int | None:
+    """When a re-founded group was founded (µs since the epoch), None for a first group."""
+    _, sep, usec = gid.partition(REFOUNDED)
+    return int(usec) if sep and usec.isdigit() else None
+
+
+def refounder(config: list[str], me: str, gone: set[str]) -> bool:
+    """Whether member `me` should found its group again: a majority of `config` (member ids) is
+    `gone` for good, `me` is not, and it is the lowest live id (the others join it)."""
+    live = sorted(set(config) - gone)
+    return me in live and len(live) * 2 <= len(config) and live[0] == me
 
 
 def peer_of(node_id: str) -> str:

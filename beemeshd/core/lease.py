@@ -10,6 +10,10 @@ replicates a lease table; three roles act on it, each a small class here:
       ("release", ordinal, peer, token)                           the holder stopped its pod
       ("report",  peer, floor)            a member's highest fenced token (see below)
       ("seed",    floor, ordinals)                                a re-founded group
+  A re-founded group's table starts `sealed`: nothing is granted before its seed marks every
+  ordinal it knows of as held by UNKNOWN under a higher floor, so the grantor waits W for each
+  of them — and for any ordinal the seed did not name, W from the seed (the old group's holders
+  run at most D past its last commit, which came before the re-founding).
   A grant mints `token = max(token, table floor + log index, floor) + 1`: unique in the group
   (log indexes are) and above every token persisted with the workload. The table floor starts
   at `token_base(creation time)` and is raised by each member's `report` of what its fence
@@ -139,10 +143,14 @@ def seed(floor: int, ordinals: Iterable[int]) -> tuple:
 
 # -- the replicated state machine -----------------------------------------------------------------
 
-def new_state(floor: int = 0) -> dict:
+def new_state(floor: int = 0, sealed: bool = False) -> dict:
     """The table's whole state: {"floor": int, "leases": {ordinal: [holder, token, renews]},
-    "reported": [peers that reported their fence floor]}."""
-    return {"floor": floor, "leases": {}, "reported": []}
+    "reported": [peers that reported their fence floor]}, and "sealed": True until the seed of a
+    re-founded group."""
+    state = {"floor": floor, "leases": {}, "reported": []}
+    if sealed:
+        state["sealed"] = True
+    return state
 
 
 def token_base(created_usec: int) -> int:
@@ -170,6 +178,10 @@ class LeaseTable:
     def reported(self, peer: str) -> bool:
         return peer in self.state.get("reported", ())
 
+    @property
+    def sealed(self) -> bool:
+        return bool(self.state.get("sealed"))
+
     def max_token(self) -> int:
         return max([self.state["floor"], *(row[1] for row in self.state["leases"].values())])
 
@@ -191,6 +203,8 @@ class LeaseTable:
         if op == SEED:
             floor, ordinals = cmd[1], cmd[2]
             self.state["floor"] = max(self.state["floor"], floor)
+            self.state.pop("sealed", None)
+            self.state["refounded"] = True
             for o in ordinals:
                 row = leases.get(o)
                 if row is None or row[0] is None:  # free ordinals may be held by the old group
@@ -233,19 +247,28 @@ class Grantor:
     def __init__(self, timing: Timing):
         self.timing = timing
         self.seen: dict[int, float] = {}
+        self.seeded: float | None = None  # a re-founded group: when this member applied its seed
 
     def applied(self, cmd, now: float) -> None:
         for o in ordinal_of(cmd):
             self.seen[o] = now
+        if cmd[0] == SEED:
+            self.seeded = now
 
     def became_leader(self, table: LeaseTable, now: float) -> None:
         """A new leader cannot know when the last renewal committed: count from now."""
         for o, _ in table.items():
             self.seen[o] = now
+        if table.state.get("refounded"):
+            self.seeded = now
 
     def wait_left(self, table: LeaseTable, ordinal: int, now: float) -> float:
         """Seconds before `ordinal` may be granted to someone else (0: now)."""
         lease = table.get(ordinal)
+        if lease is None and table.state.get("refounded"):  # the old group may have granted it
+            if self.seeded is None:
+                self.seeded = now
+            return max(0.0, self.timing.regrant_after - (now - self.seeded))
         if lease is None or lease.holder is None:
             return 0.0
         seen = self.seen.setdefault(ordinal, now)  # e.g. learnt from a snapshot: count from now
@@ -258,6 +281,8 @@ class Grantor:
         Proposing is safe on a stale leader too: it cannot commit, and the compare-and-swap
         refuses a grant that raced a renewal."""
         out = []
+        if table.sealed:  # a re-founded group before its seed: nothing yet
+            return out
         for o, peer in sorted(wanted.items()):
             lease = table.get(o)
             if (lease is not None and lease.holder == peer) or not table.reported(peer):
@@ -276,6 +301,7 @@ class Held:
     valid_until: float | None = None  # holder clock; None until a renewal committed
     sending: float | None = None  # t_send of the renewal in flight
     next_renew: float = -math.inf
+    releasing: bool = False  # a release is in flight: the lease is being given back
 
 
 class Holder:
@@ -308,7 +334,7 @@ class Holder:
         out = []
         for o in sorted(self.held if ordinals is None else set(ordinals) & set(self.held)):
             h = self.held[o]
-            if h.sending is None and now >= h.next_renew:
+            if h.sending is None and now >= h.next_renew and not h.releasing:
                 h.sending = now
                 out.append(renew(o, self.peer, h.token))
         return out
@@ -325,6 +351,15 @@ class Holder:
         else:
             h.next_renew = now + self.timing.retry
 
+    def releasing(self, ordinal: int, token: int, on: bool = True) -> None:
+        """A release of `ordinal` was proposed (on) or failed (off). While one is in flight the
+        lease may not start a pod: it is about to be lost, and a pod started under it (the
+        ordinal wanted here again meanwhile, e.g. scale 0 then 1) would be stopped when the
+        release commits and started again under the next grant — a needless second start."""
+        h = self.held.get(ordinal)
+        if h is not None and h.token == token:
+            h.releasing = on
+
     def token(self, ordinal: int) -> int | None:
         h = self.held.get(ordinal)
         return h.token if h else None
@@ -337,12 +372,15 @@ class Holder:
         """The token under which the ordinal's pod may run now, or None: it must be stopped
         (or not started: pass `headroom` = how long a start may take)."""
         h = self.held.get(ordinal)
-        if h is None or h.valid_until is None:
+        if h is None or h.valid_until is None or h.releasing:
             return None
         if not self.self_stop:
             return h.token
         return h.token if now + headroom < h.valid_until - self.timing.stop_margin else None
 
-    def forget(self, ordinal: int) -> None:
-        """After a release committed (or was refused: then the lease is not ours anyway)."""
-        self.held.pop(ordinal, None)
+    def forget(self, ordinal: int, token: int | None = None) -> None:
+        """After a release committed (or was refused: then the lease is not ours anyway); with
+        `token`, only that lease (a newer grant may have been applied since)."""
+        h = self.held.get(ordinal)
+        if h is not None and token in (None, h.token):
+            del self.held[ordinal]

@@ -3,7 +3,8 @@
 import dataclasses
 
 from beemeshd.core.catalog import Decision
-from beemeshd.core.groups import creating, desired_peers, founders, group_id, next_change, stamp
+from beemeshd.core.groups import (base_of, creating, desired_peers, founders, group_id, next_change,
+                                   refounded_at, refounded_id, refounder, stamp)
 
 D = Decision(("ns", "StatefulSet", "db"), 1, {}, (("db-0", "a"), ("db-1", "a"), ("db-2", "b")),
              bids=({"peer": "b"}, {"peer": "c"}, {"peer": "d"}), declined=(("e", "full"),),
@@ -48,3 +49,23 @@ def test_unwanted_members_go_only_while_the_group_is_larger_than_its_size_dead_o
     # the leader itself should go: it hands leadership over, the next leader removes it
     assert next_change(["a/0", "b/0", "c/0", "d/0"], "a/0", {"b", "c", "d"}, {}, {"a", "b", "c", "d"}, 3) == (
         "hand over", "a/0")
+
+
+def test_only_the_lowest_live_member_of_a_group_that_lost_its_majority_founds_it_again():
+    config = ["a/0", "b/0", "c/0"]
+    assert not refounder(config, "a/0", {"c/0"})  # one of three gone: Raft carries on
+    assert refounder(config, "a/0", {"b/0", "c/0"})
+    assert refounder(config, "b/0", {"a/0", "c/0"})  # the only one left
+    assert not refounder(config, "a/0", {"a/0", "b/0"})  # itself gone: never
+    five = ["a/0", "b/0", "c/0", "d/0", "e/0"]
+    assert refounder(five, "a/0", {"c/0", "d/0", "e/0"}) and not refounder(five, "b/0", {"c/0", "d/0", "e/0"})
+    assert not refounder(five, "a/0", {"d/0", "e/0"})
+    four = ["a/0", "b/0", "c/0", "d/0"]  # half of an even group is no majority either
+    assert refounder(four, "a/0", {"c/0", "d/0"})
+
+
+def test_a_re_founded_group_id_names_its_base_and_when():
+    again = refounded_id(group_id(D), 2_000_000)
+    assert again == "ns/db@1000000#2000000" and base_of(again) == group_id(D) == base_of(group_id(D))
+    assert refounded_at(again) == 2_000_000 and refounded_at(group_id(D)) is None
+    assert base_of(refounded_id(again, 3_000_000)) == group_id(D)

@@ -171,6 +171,25 @@ def test_holder_stops_at_once_when_the_log_shows_another_holder():
     assert h.may_run(0, 0.4) is None
 
 
+def test_a_lease_being_released_neither_starts_a_pod_nor_renews():
+    # scale 0 then 1 at once: the release is in flight when the ordinal is wanted here again
+    t, h = table(), L.Holder("a", T)
+    t.apply(L.grant(0, "a", None), 1)
+    h.sync(t)
+    h.due(0.0)
+    h.renewed(0, 2, 0.0, True, 0.1)
+    assert h.may_run(0, 0.2) == 2
+    h.releasing(0, 2)
+    assert h.may_run(0, 0.3) is None and h.due(now=1.5) == []
+    h.releasing(0, 2, False)  # the release failed: the lease is still ours
+    assert h.may_run(0, 0.4) == 2 and h.due(now=1.5) == [L.renew(0, "a", 2)]
+    # a late "released" for an older lease leaves a newer grant alone
+    h.forget(0, token=1)
+    assert h.token(0) == 2
+    h.forget(0, token=2)
+    assert h.token(0) is None
+
+
 def test_negative_control_holder_without_self_stop_runs_past_its_lease():
     t, h = table(), L.Holder("a", T, self_stop=False)
     t.apply(L.grant(0, "a", None), 1)
@@ -187,3 +206,23 @@ def test_a_group_created_later_starts_above_every_token_of_an_earlier_one():
         early.apply(L.grant(0, f"p{i % 3}", early.get(0)), i)
     assert late.apply(L.grant(0, "a", None), 1)[1] > early.get(0).token
     assert late.get(0).token < L.MAX_TOKEN
+
+
+def test_a_re_founded_table_grants_nothing_before_its_seed_then_waits_a_whole_lease():
+    t, g = L.LeaseTable(L.new_state(10, sealed=True)), L.Grantor(T)
+    t.apply(L.report("b", 0), 1)
+    assert t.sealed and g.grants(t, {0: "b"}, now=100.0) == []
+    t.apply(L.seed(500, [0, 1]), 2)
+    g.applied(L.seed(500, [0, 1]), 100.0)
+    assert not t.sealed and t.get(0) == L.Lease(L.UNKNOWN, 500, 0)
+    assert g.grants(t, {0: "b"}, now=100.0 + T.regrant_after - 0.01) == []
+    [cmd] = g.grants(t, {0: "b"}, now=100.0 + T.regrant_after + 0.01)
+    assert t.apply(cmd, 3)[1] > 500
+    # an ordinal the seed did not name (the old group may have granted it): W from the seed too
+    t.apply(L.report("c", 0), 4)
+    assert g.wait_left(t, 7, now=100.0 + T.regrant_after - 0.01) > 0
+    assert g.grants(t, {7: "c"}, now=100.0 + T.regrant_after - 0.01) == []
+    assert len(g.grants(t, {7: "c"}, now=100.0 + T.regrant_after + 0.01)) == 1
+    # a new leader counts that wait from its election, as for every lease
+    g.became_leader(t, now=200.0)
+    assert g.grants(t, {7: "c"}, now=200.0 + T.regrant_after - 0.01) == []

@@ -5,11 +5,13 @@ holder's ordinal moves after the lease wait with a higher token, a partitioned h
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import trio
 
 from beemeshd.agent import Agent
+from beemeshd.api.handlers import MeshHandlers
 from beemeshd.consensus import RaftTiming
 from beemeshd.core import lease as L
 from beemeshd.core import render
@@ -76,7 +78,7 @@ class Recording(FakeRuntime):
 
 
 class Peer:
-    def __init__(self, net, tmp_path, history, bootstrap=(), seed=None, runtime=None):
+    def __init__(self, net, tmp_path, history, bootstrap=(), seed=None, runtime=None, settings=SETTINGS):
         self.seed = seed or net.rng.randbytes(32)
         self.mesh = FakeMesh(net, self.seed, bootstrap=list(bootstrap), timings=Timings(0.5, 1.0, 2.0))
         self.id = self.mesh.peer_id
@@ -91,7 +93,7 @@ class Peer:
         self.w = Workloads(self.placement, self.agent, self.runtime, self.events, self.id)
         self.files = StatefulFiles(tmp_path / self.id[-8:])
         self.st = Stateful(self.mesh, self.placement, self.agent, self.runtime, self.events, self.files,
-                           settings=SETTINGS, holder_clock=trio.current_time, grantor_clock=trio.current_time)
+                           settings=settings, holder_clock=trio.current_time, grantor_clock=trio.current_time)
         inner = self.agent.wanted
         self.agent.wanted = lambda: self.st.wanted(inner)
         self.agent.before_create = self._before_create
@@ -132,10 +134,10 @@ class Peer:
                     path.unlink()
 
 
-async def mesh_of(nursery, tmp_path, history, n=3):
-    net = FakeNetwork(latency=0.002, seed=3)
-    first = Peer(net, tmp_path, history)
-    peers = [first] + [Peer(net, tmp_path, history, bootstrap=[first.id]) for _ in range(n - 1)]
+async def mesh_of(nursery, tmp_path, history, n=3, settings=SETTINGS, seed=3):
+    net = FakeNetwork(latency=0.002, seed=seed)
+    first = Peer(net, tmp_path, history, settings=settings)
+    peers = [first] + [Peer(net, tmp_path, history, bootstrap=[first.id], settings=settings) for _ in range(n - 1)]
     for p in peers:
         await nursery.start(p.run)
     with trio.fail_after(10):
@@ -181,6 +183,34 @@ async def test_deploy_founds_a_group_and_runs_each_ordinal_under_a_lease(nursery
     # a crafted join: a peer may only join as itself
     with pytest.raises(Exception):
         await peers[1].mesh.request(a.id, PROTO_RAFT_JOIN, {"group": "x", "node": f"{peers[2].id}/1"}, 1.0)
+
+
+async def test_get_on_a_peer_outside_the_group_shows_the_lease_a_member_reports(nursery, tmp_path,
+                                                                                autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history, n=4)
+    key = ("default", "StatefulSet", "db")
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    await until(lambda: sum(key in p.st.members for p in peers) == SETTINGS.group_size)
+    [outsider] = [p for p in peers if key not in p.st.members]  # 4 peers, groups of 3
+    [holder] = running(peers, render.pod_name("default", "db-0"))
+    await until(lambda: holder.st.lease_of(key, 0) is not None)
+    assert outsider.w.get("db", None, None)["replicaStatus"][0]["lease"] is None  # it keeps no table
+    api = MeshHandlers(SimpleNamespace(workloads=outsider.w, stateful=outsider.st))
+
+    lease = (await api.Get(None, "db"))["workload"]["replicaStatus"][0]["lease"]
+    own = holder.st.lease_of(key, 0)
+    assert lease["holder"] == holder.id and lease["token"] == own["token"] > 0
+    # the holder's own end of the lease (it may have renewed since it answered)
+    assert 0 <= own["expiresUSec"] - lease["expiresUSec"] <= SETTINGS.lease.renew_every * 1e6 + 1e5
+
+    # the holder cut off: the other members answer with when they could grant it again at the latest
+    net.partition({holder.id}, {p.id for p in peers if p is not holder})
+    lease = (await api.Get(None, "db"))["workload"]["replicaStatus"][0]["lease"]
+    assert lease["holder"] == holder.id and lease["token"] == own["token"]
+    assert lease["expiresUSec"] >= own["expiresUSec"]
+    net.heal()
 
 
 async def test_a_dead_holders_ordinal_moves_after_the_lease_wait_with_a_higher_token(nursery, tmp_path,
@@ -288,6 +318,30 @@ async def test_scaling_down_releases_the_highest_ordinal(nursery, tmp_path, auto
     assert sum(len(p.runtime.pod_names()) for p in peers) == 2 and check(history) == []
 
 
+@pytest.mark.parametrize("pause", [0.2, 0.3, 0.5])
+async def test_scale_to_zero_and_back_starts_the_ordinal_once(nursery, tmp_path, autojump_clock, pause):
+    # Scaled to 0 and back to 1 while the holder's release is still in flight: the pod must not
+    # start under the lease being given back (the release would stop it, the next grant start it
+    # again). These pauses hit that window in this seeded mesh before the fix.
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    a = peers[0]
+    await a.w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                     dry_run=False)
+    await trio.sleep(2)
+    await a.w.scale("db", None, 0, True, 30)
+    t0 = trio.current_time()
+    await trio.sleep(pause)
+    await a.w.scale("db", None, 1, True, 30)
+    await trio.sleep(10)
+    pod = render.pod_name("default", "db-0")
+    # started, stopped by the scale down, started once by the scale up (not start, stop, start)
+    seen = [(round(e.t - t0, 3), e.peer[-6:], e.token, e.kind) for e in history]
+    assert [e.kind for e in history] == [START, STOP, START], seen
+    assert len(running(peers, pod)) == 1
+    assert check(history) == []
+
+
 async def test_a_holder_that_shuts_down_hands_its_ordinal_over_without_the_wait(
         nursery, tmp_path, autojump_clock):
     history = []
@@ -363,3 +417,99 @@ async def test_a_higher_token_in_the_volume_refuses_the_start_until_a_grant_beat
         assert len([c for c in holder.runtime.calls if c[0] == "create_pod"]) == creates + 1
     assert holder.files.fence("default", "db", 0) >= planted
     assert check(history) == []
+
+
+# -- a group that lost its majority for good is founded again ----------------------------------------
+# Leases of 20 s here: long enough that a re-founded group granting at once (without waiting W)
+# would start the ordinal while the cut-off holder still runs it.
+REFOUND = dataclasses.replace(SETTINGS, lease=L.Timing(lease=20.0, renew_every=5.0, retry=0.2, stop_margin=2.0,
+                                                       margin=0.2), refound_after=3.0)
+
+
+async def lose_the_majority(nursery, tmp_path, history, cut_holder: bool, seed=3):
+    """5 peers, a 1-replica StatefulSet (a group of 3). One member that does not hold the ordinal is
+    killed for good; the holder is either killed too (its pod then dies by the watchdog) or cut
+    off alone (alive, its pod running until it stops it by its own clock). Also the soak's
+    scenario (bench/stateful_soak.py --refound), with other seeds."""
+    net, peers = await mesh_of(nursery, tmp_path, history, n=5, settings=REFOUND, seed=seed)
+    key = ("default", "StatefulSet", "db")
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    pod = render.pod_name("default", "db-0")
+    [holder] = running(peers, pod)
+
+    def settled():  # three members agree on the config and the leader; nobody else joins
+        ms = [p.st.members[key] for p in peers if key in p.st.members]
+        return (len(ms) == 3 and not any(key in p.st._joining for p in peers)
+                and all(not m.group.passive and m.group.members == sorted(x.node_id for x in ms)
+                        and m.group.leader == ms[0].group.leader is not None for m in ms))
+
+    await until(settled)
+    await trio.sleep(2)
+    await until(settled)
+    members = [p for p in peers if key in p.st.members]
+    [dead] = net.rng.sample([p for p in members if p is not holder], 1)
+    [survivor] = [p for p in members if p not in (holder, dead)]
+    old_gid = survivor.st.members[key].gid
+    token = holder.runtime.tokens[pod]
+    dead.kill()
+    if cut_holder:
+        net.partition({holder.id}, {p.id for p in peers if p is not holder})
+    else:
+        nursery.start_soon(holder.watchdog)
+        holder.kill()
+    t_lost = trio.current_time()
+    return net, peers, key, pod, holder, dead, survivor, old_gid, token, t_lost
+
+
+@pytest.mark.parametrize("cut_holder", [False, True])
+async def test_survivors_found_a_group_again_when_its_majority_is_dead_for_good(nursery, tmp_path, autojump_clock,
+                                                                                cut_holder):
+    history = []
+    net, peers, key, pod, holder, dead, survivor, old_gid, token, t_lost = await lose_the_majority(
+        nursery, tmp_path, history, cut_holder)
+    live = [p for p in peers if p not in (holder, dead)]
+    await until(lambda: any(pod in p.runtime.pod_names() for p in live), timeout=120)
+    took = trio.current_time() - t_lost
+    [new] = running(live, pod)
+    m = survivor.st.members[key]
+    assert m.gid.startswith(old_gid + "#") and m.gid != old_gid
+    assert new.runtime.tokens[pod] > token
+    # nothing granted before the whole lease wait that followed the re-founding
+    assert took >= REFOUND.refound_after + REFOUND.lease.regrant_after
+    # the others joined the new group: it has a majority of live members again
+    await until(lambda: len(survivor.st.members[key].group.members) == 3, timeout=30)
+    assert {p.st.members[key].gid for p in live if key in p.st.members} == {m.gid}
+    if cut_holder:
+        assert [e.kind for e in history if e.peer == holder.id] == [START, STOP]  # it stopped by itself
+        net.heal()
+        await trio.sleep(20)  # it finds the new group and joins it; nothing starts twice
+        assert holder.st.members[key].gid == m.gid
+        assert running(peers, pod) == [new]
+    assert check(history) == []
+
+
+async def test_negative_controls_for_re_founding_the_checker_finds_two_copies(nursery, tmp_path, autojump_clock,
+                                                                              monkeypatch):
+    # A re-founded group that grants without waiting out the old leases (no seal, no seed) while the
+    # cut-off holder runs its pod to the end of its lease: two copies, and the checker says so.
+    monkeypatch.setattr(L.LeaseTable, "sealed", property(lambda self: False))
+    history = []
+    net, peers, key, pod, holder, dead, survivor, old_gid, token, t_lost = await lose_the_majority(
+        nursery, tmp_path, history, cut_holder=True)
+    live = [p for p in peers if p not in (holder, dead)]
+    await until(lambda: any(pod in p.runtime.pod_names() for p in live), timeout=120)
+    assert pod in holder.runtime.pod_names()  # still running on the cut-off side
+    await trio.sleep(30)
+    assert "overlap" in [v.kind for v in check(history)]
+
+
+async def test_a_cut_off_holder_that_does_not_stop_by_itself_makes_the_checker_fail(nursery, tmp_path,
+                                                                                      autojump_clock):
+    history = []
+    net, peers, key, pod, holder, dead, survivor, old_gid, token, t_lost = await lose_the_majority(
+        nursery, tmp_path, history, cut_holder=True)
+    holder.st.members[key].machine.holder.self_stop = False
+    live = [p for p in peers if p not in (holder, dead)]
+    await until(lambda: any(pod in p.runtime.pod_names() for p in live), timeout=120)
+    assert "overlap" in [v.kind for v in check(history)]
