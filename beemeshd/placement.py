@@ -89,6 +89,7 @@ class Placement:
         self.rng = rng or random.Random()
         self.trust = trust or TrustBook()
         self.trust.runs_elsewhere = self._runs_elsewhere
+        self.trust.judges = self._judges
         # key -> {(replica, peer)} promised and not delivered in time: healing moves them
         self._overdue: dict[Key, set[tuple[str, str]]] = {}
         self._own_rows: dict[Key, list[dict]] = {}  # our replicas' last status report, per workload
@@ -189,6 +190,13 @@ class Placement:
         large one on its keepers, unless the copy came while this peer was none (it may be stale
         — e.g. the peer that took the Deploy, later made a holder by peers leaving)."""
         return not self.scoped(key) or (self.keeper(key) and key not in self._borrowed)
+
+    def _judges(self, key: Key) -> bool:
+        """Whether this peer still judges promises about a workload (see _hears_status): a peer
+        that saw a small mesh (a newcomer's view fills up over seconds) or held a workload it no
+        longer holds would otherwise count every replica as undelivered."""
+        d = self.catalog.entries.get(key)
+        return d is not None and not d.deleted and self._hears_status(d)
 
     def _hears_status(self, d: Decision) -> bool:
         """Whether status reports for this workload reach this peer (so its promises can be

@@ -59,6 +59,9 @@ class TrustBook:
         self.deliver_within = deliver_within
         self.fail_grace = fail_grace
         self.runs_elsewhere = runs_elsewhere
+        # key -> whether status reports for it still reach this peer (in a large mesh only its
+        # holders and deciding peer hear them; a peer's role moves with the mesh)
+        self.judges = lambda key: True
         self.ledgers: dict[str, Ledger] = {}
         # (key, replica) -> the open promise; a newer assignment replaces it
         self.promises: dict[tuple, Promise] = {}
@@ -109,6 +112,9 @@ class TrustBook:
         runs elsewhere); returns those held against their peer: their replicas should move."""
         out = []
         for p in list(self.promises.values()):
+            if not self.judges(p.key):  # reports no longer reach this peer: not its to judge
+                del self.promises[(p.key, p.replica)]
+                continue
             failing = (p.failing_since is not None and now - p.failing_since >= self.fail_grace
                        and self.runs_elsewhere(p.key, p.peer))
             if p.due <= now or failing:

@@ -107,3 +107,17 @@ def test_a_promise_moved_after_it_fell_due_still_counts_as_undelivered():
     assert t.receipts("dead")[UNDELIVERED] == 0
 
 
+
+
+def test_a_peer_that_no_longer_hears_reports_judges_nothing():
+    """In a large mesh only a workload's holders and deciding peer hear its status: a peer whose
+    role moved away (or that opened promises while its view was still small) drops them unjudged."""
+    book = TrustBook(deliver_within=60)
+    heard = {("ns", "Deployment", "a"): True, ("ns", "Deployment", "b"): False}
+    book.judges = lambda key: heard[key]
+    for key in heard:
+        book.assigned(key, "r-0", "P", 1, now=0)
+    due = book.tick(61)
+    assert [p.key for p in due] == [("ns", "Deployment", "a")]
+    assert book.receipts("P").get(UNDELIVERED) == 1  # only the one still heard
+    assert book.tick(200) == [] and not book.promises
