@@ -17,7 +17,7 @@ unit: setup       ## unit tests only
 demo: setup       ## the main job
 	./scripts/demo.sh
 
-bench: setup      ## benchmarks (≈ 8 min); writes bench/RESULTS.md. BENCH_ARGS="--skip activation" etc.
+bench: setup      ## benchmarks (≈ 10 min); writes bench/RESULTS.md. BENCH_ARGS="--skip activation", "--soak-runs 200" etc.
 	./scripts/bench.sh $(BENCH_ARGS)
 
 rpm:              ## the RPM from the working tree, into rpmbuild/ (git-ignored); then rpmlint

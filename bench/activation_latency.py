@@ -50,18 +50,33 @@ def main(n: int = 20) -> dict:
     def systemctl(*args: str) -> None:
         p = user.run(["systemctl", "--user", *args], timeout=60)
         if p.returncode:
-            raise RuntimeError(f"systemctl --user {' '.join(args)}: {p.stderr}")
+            raise RuntimeError(f"systemctl --user {' '.join(args)}: {p.stderr.strip()}; {why()}")
+
+    def why() -> str:
+        """The units' own account of a failure (the manager logs to its stderr here, no journal)."""
+        st = user.run(["systemctl", "--user", "status", "--no-pager", "-l", "-n", "0", *UNITS], timeout=30)
+        try:
+            log = (VENV.parent / "user-manager.log").read_text(errors="replace").splitlines()
+        except OSError:
+            log = []
+        lines = [line.strip() for line in st.stdout.splitlines()]
+        units = [line for line in lines if line.startswith(("Active:", "Main PID:", "Process:"))]
+        return " / ".join(units + [line for line in log[-4:] if line.strip()])
 
     p = subprocess.run([str(ROOT / "scripts" / "user-manager.sh"), "start"], capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(p.stderr)
     samples = []
     try:
-        (unit_dir / "beemeshd.service.d").mkdir(parents=True, exist_ok=True)
         for name in UNITS:
             shutil.copy(ROOT / "units" / name, unit_dir / name)
+            (unit_dir / f"{name}.d").mkdir(parents=True, exist_ok=True)
+            # n+1 starts in a row: systemd's start limit (5 per 10 s by default) would fail the
+            # socket with start-limit-hit whenever the machine is quick enough.
+            (unit_dir / f"{name}.d" / "bench.conf").write_text("[Unit]\nStartLimitIntervalSec=0\n")
         (unit_dir / "beemeshd.service.d" / "bench.conf").write_text(
-            f"[Service]\nExecStart=\nExecStart={VENV}/bin/beemeshd\nEnvironment=XDG_STATE_HOME={state}\n")
+            f"[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=\nExecStart={VENV}/bin/beemeshd\n"
+            f"Environment=XDG_STATE_HOME={state}\n")
         subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(user.home / ".config")], check=True)
         systemctl("daemon-reload")
         path = user.runtime_dir / "beemesh" / "io.beemesh.Mesh"
@@ -77,8 +92,8 @@ def main(n: int = 20) -> dict:
     finally:
         user.run(["systemctl", "--user", "stop", *UNITS])
         subprocess.run([str(ROOT / "scripts" / "user-manager.sh"), "stop"])
-        shutil.rmtree(unit_dir / "beemeshd.service.d", ignore_errors=True)
         for name in UNITS:
+            shutil.rmtree(unit_dir / f"{name}.d", ignore_errors=True)
             (unit_dir / name).unlink(missing_ok=True)
         shutil.rmtree(state, ignore_errors=True)
     s = summary(samples)

@@ -747,6 +747,9 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
         return [("Whole-mesh simulator", f"{path.name} holds no whole run")]
     n = max(whole)
     r, pl = runs[n], runs[n]["place"]
+    if "replicas_per_sim_s" not in pl:
+        return [("Whole-mesh simulator", f"{path.name} is from an older simulator: run `python bench/simulate.py "
+                 "--plot-dir bench` again")]
     when = f"`bench/simulate.py` run of {meta.get('date', '?')}"
     per = pl["replicas"] // pl["workloads"]
     sent = sum(v for k, v in pl["messages_by_kind_per_workload"].items() if k.startswith("request "))
