@@ -93,6 +93,7 @@ class Placement:
         # key -> {(replica, peer)} promised and not delivered in time: healing moves them
         self._overdue: dict[Key, set[tuple[str, str]]] = {}
         self._own_rows: dict[Key, list[dict]] = {}  # our replicas' last status report, per workload
+        self._own_gen: dict[Key, int] = {}  # ... and the generation it was about
         self.peer_id = catalog.self_id
         self._nursery: trio.Nursery | None = None
         # remote replica status: key -> replica -> (peer, row, generation)
@@ -518,6 +519,7 @@ class Placement:
     async def publish_status(self, key: Key, generation: int, rows: list[dict]) -> None:
         self._seq = max(self._seq + 1, time.time_ns() // 1000)  # increasing across restarts too
         self._own_rows[key] = rows
+        self._own_gen[key] = generation
         for row in rows:  # our own promises settle too (we hear our gossip from no one)
             self._receipt(key, str(row["name"]), self.peer_id, str(row.get("state")))
         payload = {"type": "status", "key": list(key), "generation": generation, "seq": self._seq, "rows": rows}
@@ -688,7 +690,11 @@ class Placement:
                     n.start_soon(ask, peer)
 
     def _status_rows(self, key: Key) -> list:
-        return [[r, peer, row, gen] for r, (peer, row, gen) in self.status.get(key, {}).items()]
+        """The status table as a holder shares it: what runners reported, and our own replicas'."""
+        rows = {r: [r, peer, row, gen] for r, (peer, row, gen) in self.status.get(key, {}).items()}
+        for row in self._own_rows.get(key, ()):
+            rows[str(row["name"])] = [str(row["name"]), self.peer_id, row, self._own_gen.get(key, 0)]
+        return list(rows.values())
 
     def _hand_over(self) -> None:
         """Push each scoped workload to holders it has not been pushed to by us: the holder set

@@ -199,3 +199,22 @@ async def test_a_new_holder_gets_the_current_decision_not_a_stale_copy(net, nurs
     await trio.sleep(70)  # past deliver_within: the promises the new holder keeps were all kept
     assert all(new.placement.trust.receipts(p.id).get("undelivered", 0) == 0 for p in alive)
     assert sum(len(p.runtime.pod_names()) for p in alive) == 2
+
+
+async def test_an_outsider_sees_the_status_of_a_replica_its_holder_runs(net, nursery, autojump_clock):
+    """The holder that runs a replica itself shares its own rows too (not only what others
+    reported to it) — found by the real-daemon test, where placement often picks the holder."""
+    peers = await mesh_of(nursery, net, 10, broadcast_max=4)
+    for p in peers:  # one holder: nobody else has its report
+        p.placement.catalog.k = 1
+    [h] = [p for p in peers if p.id == holders(KEY, [q.id for q in peers], 1)[0]]
+    h.labels = (("role", "run"),)
+    m = deployment(replicas=1, cpu="100m")
+    m["spec"]["template"]["spec"]["nodeSelector"] = {"role": "run"}
+    origin = next(p for p in peers if p is not h)
+    await origin.w.deploy(manifest=m, yaml=None, namespace=None, wait=True, timeout=30, dry_run=False)
+    await trio.sleep(1)
+    x = next(p for p in peers if p is not h and p is not origin)
+    view = await get(x, "web")
+    assert view["readyReplicas"] == 1 and view["replicaStatus"][0]["peer"] == h.id
+    assert view["replicaStatus"][0]["state"] in ("running", "ready")
