@@ -650,7 +650,9 @@ def project(n: int, refs: list[dict], overlay: dict) -> dict:
             "messages_per_workload": round(gossip * (n - 1) * sent_per_delivery + direct),
             "gossip_deliveries_per_workload": round(gossip * (n - 1)),
             "hops99_p50": statistics.median(overlay["hops99"]), "hops99_max": max(overlay["hops99"]),
-            "rss_per_peer_kb": round(line(lambda r: r["place"]["rss_per_peer_kb"]), 1),
+            # what placing added to a peer (measured at the larger size) on top of its projected view
+            "rss_per_peer_kb": round(line(lambda r: r["join"]["rss_per_peer_kb"])
+                                     + pb["rss_per_peer_kb"] - b["join"]["rss_per_peer_kb"], 1),
             **({"offered_per_s": pb.get("offered_per_s"), "replicas_per_sim_s": pb.get("replicas_per_sim_s")}
                if not gossip else {}),
         },
