@@ -39,9 +39,9 @@ import trio
 
 from beemeshd import errors
 from beemeshd.core import scheduler as sch
-from beemeshd.core.catalog import Catalog, Decision, Key, holders
+from beemeshd.core.catalog import DECISION_DOMAIN, Catalog, Decision, Key, holders
 from beemeshd.core.manifest import parse_manifest
-from beemeshd.core.protocol import MAX_ENVELOPE, TOPIC_EVENTS, canonical
+from beemeshd.core.protocol import MAX_ENVELOPE, TOPIC_EVENTS, Rejected, canonical
 from beemeshd.core.trust import INVALID, TrustBook
 from beemeshd.events import EventBus, make_event
 from beemeshd.model import Workload
@@ -286,6 +286,8 @@ class Placement:
         return tomb
 
     async def commit(self, d: Decision) -> None:
+        d = replace(d, origin=self.peer_id, signature="")
+        d = replace(d, signature=self.mesh.signer.sign_detached(DECISION_DOMAIN, d.signed_part()))
         before = self.catalog.entries.get(d.key)
         self._merge(d)
         payload = {"type": "decision", "decision": d.to_wire()}
@@ -417,15 +419,15 @@ class Placement:
     async def _on_event(self, env) -> None:
         p = env.payload
         if p.get("type") == "decision":
-            d = Decision.from_wire(p["decision"])
+            d = signed(p["decision"])
             if d.origin != env.sender:
-                raise ValueError("decision not signed by its origin")
+                raise ValueError("decision not sent by its origin")
             if env.sender != self.peer_id:
                 self._merge(d)
         elif p.get("type") == "handover":
             # a peer that keeps a workload hands it to a new holder: vouched for by that member,
             # as an anti-entropy reply is (decisions from their origins come as "decision")
-            self._merge(Decision.from_wire(p["decision"]))
+            self._merge_passed_on(p["decision"], env.sender)
         elif p.get("type") == "status" and env.sender != self.peer_id:
             key = tuple(p["key"])
             # Gossip does not keep order: a report older than one already applied is stale.
@@ -649,7 +651,7 @@ class Placement:
         async def ask(peer: str, ks: list[Key]) -> None:
             try:
                 self._take(await self.mesh.request(peer, PROTO_CATALOG, {"get": [list(k) for k in ks]},
-                                                   FETCH_TIMEOUT))
+                                                   FETCH_TIMEOUT), peer)
             except Exception as exc:  # another holder may answer; else we answer from what we have
                 log.debug("fetching from %s failed: %s", peer, exc)
 
@@ -657,11 +659,25 @@ class Placement:
             for peer, ks in asks.items():
                 n.start_soon(ask, peer, ks)
 
-    def _take(self, reply: dict) -> None:
+    def _merge_passed_on(self, wire, sender: str, quiet: bool = False) -> None:
+        """A decision another peer passed on: merged if its origin signed it; else dropped,
+        counted and held against the peer that passed it on (an honest one checks too)."""
+        try:
+            d = signed(wire)
+        except ValueError as exc:
+            self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
+            if not (isinstance(wire, dict) and wire.get("signature", "") == ""):
+                # (one with no signature at all may predate them: kept by an honest peer since)
+                self.trust.record(sender, INVALID, trio.current_time())
+            log.warning("dropped a decision passed on by %s: %s", sender, exc)
+            return
+        self._merge(d, quiet=quiet)
+
+    def _take(self, reply: dict, sender: str) -> None:
         """Merge what a holder sent (decisions and its status table) without Watch events: this
         peer learns of old news, nothing changed."""
         for wire in reply.get("decisions", ()):
-            self._merge(Decision.from_wire(wire), quiet=True)
+            self._merge_passed_on(wire, sender, quiet=True)
         for key, rows in reply.get("status", ()):
             key = tuple(key)
             if len(key) != 3 or self.knows(key):
@@ -680,7 +696,7 @@ class Placement:
         async def ask(peer: str) -> None:
             async with limit:
                 try:
-                    self._take(await self.mesh.request(peer, PROTO_CATALOG, {"held": True}, FETCH_TIMEOUT))
+                    self._take(await self.mesh.request(peer, PROTO_CATALOG, {"held": True}, FETCH_TIMEOUT), peer)
                 except Exception as exc:
                     log.debug("listing at %s failed: %s", peer, exc)
 
@@ -725,7 +741,7 @@ class Placement:
                 try:
                     reply = await self.mesh.request(peer, PROTO_CATALOG, {"have": self._digest()}, 5.0)
                     for wire in reply.get("decisions", ()):
-                        self._merge(Decision.from_wire(wire))
+                        self._merge_passed_on(wire, peer)
                 except (errors.PeerUnreachable, ValueError) as exc:
                     log.debug("catalog sync with %s failed: %s", peer, exc)
                 except Exception as exc:  # RemoteError and transport errors: try another peer later
@@ -779,6 +795,17 @@ class Placement:
             if rows:
                 status.append([list(d.key), rows])
         return {"decisions": out, "status": status} if with_status else {"decisions": out}
+
+
+def signed(wire) -> Decision:
+    """A decision from the wire whose origin signed it (whoever passed it on); ValueError
+    otherwise, so the message carrying it counts as malformed against its sender."""
+    d = Decision.from_wire(wire)
+    try:
+        d.verify()
+    except Rejected as exc:
+        raise ValueError(f"decision {key_str(d.key)}: {exc}") from None
+    return d
 
 
 def _answer_from_wire(peer: str, task_id: str, p: dict) -> sch.Bid | sch.Decline:

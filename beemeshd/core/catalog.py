@@ -20,7 +20,10 @@ import hashlib
 import heapq
 from dataclasses import dataclass, field
 
+from beemeshd.core.protocol import verify_detached
+
 Key = tuple[str, str, str]  # (namespace, kind, name)
+DECISION_DOMAIN = b"beemesh-decision/1\0"  # what a decision's signature is over: not a message, not a record
 HISTORY = 20
 
 
@@ -38,6 +41,9 @@ class Decision:
     created_usec: int = 0
     reason: str = "apply"  # apply | scale | delete | heal
     revision: int = 0  # re-placements within one generation (healing after a peer died)
+    # The origin's signature over the rest (core/protocol.py sign_detached, DECISION_DOMAIN), so a
+    # decision passed on by anyone (anti-entropy, hand-over, a holder's answer) proves who made it.
+    signature: str = ""
 
     def order(self) -> tuple:
         cached = self.__dict__.get("_order")  # asked on every merge and anti-entropy round
@@ -55,6 +61,9 @@ class Decision:
         return dict(self.assignments).get(replica)
 
     def to_wire(self) -> dict:
+        return {**self.signed_part(), "signature": self.signature}
+
+    def signed_part(self) -> dict:
         return {
             "key": list(self.key), "generation": self.generation, "manifest": self.manifest,
             "assignments": [list(a) for a in self.assignments], "rules": [list(r) for r in self.rules],
@@ -62,6 +71,10 @@ class Decision:
             "decidedUSec": self.decided_usec, "createdUSec": self.created_usec, "reason": self.reason,
             "revision": self.revision,
         }
+
+    def verify(self) -> None:
+        """That its origin signed it (protocol.Forged otherwise)."""
+        verify_detached(self.origin, DECISION_DOMAIN, self.signed_part(), self.signature)
 
     @classmethod
     def from_wire(cls, d: dict) -> "Decision":
@@ -76,7 +89,7 @@ class Decision:
                       tuple(dict(b) for b in d.get("bids", ())),
                       tuple((str(p), str(w)) for p, w in d.get("declined", ())),
                       str(d.get("origin", "")), int(d.get("decidedUSec", 0)), int(d.get("createdUSec", 0)),
-                      str(d.get("reason", "apply")), int(d.get("revision", 0)))
+                      str(d.get("reason", "apply")), int(d.get("revision", 0)), str(d.get("signature", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed decision: {exc}") from None
         if out.manifest is not None and not isinstance(out.manifest, dict):

@@ -117,12 +117,27 @@ class Signer:
         self._key = SigningKey(seed)
         self.peer_id = peer_id_from_ed25519(bytes(self._key.verify_key))
 
+    def sign_detached(self, domain: bytes, obj) -> str:
+        """A signature of canonical(obj) under `domain`, hex: a statement others can pass on and
+        anyone can check against this peer id (verify_detached) — e.g. a placement decision."""
+        return self._key.sign(domain + canonical(obj)).signature.hex()
+
     def seal(self, topic: str, kind: str, payload: dict, now: float, msg_id: str | None = None) -> bytes:
         body = canonical({"v": 1, "topic": topic, "kind": kind, "from": self.peer_id,
                           "ts": round(now, 3), "id": msg_id or os.urandom(16).hex(), "payload": payload})
         if len(body) + 1 + _SIG > MAX_ENVELOPE:
             raise ValueError(f"message of {len(body)} bytes exceeds {MAX_ENVELOPE}")
         return _VERSION + self._key.sign(_DOMAIN + body).signature + body
+
+
+def verify_detached(peer_id: str, domain: bytes, obj, signature: str) -> None:
+    """Check a Signer.sign_detached signature; Forged (or Malformed) otherwise."""
+    if not isinstance(signature, str) or len(signature) != 2 * _SIG:
+        raise Forged(f"no signature by {peer_id[:60]}")
+    try:
+        VerifyKey(public_key_from_peer_id(peer_id)).verify(domain + canonical(obj), bytes.fromhex(signature))
+    except (BadSignatureError, ValueError):
+        raise Forged(f"bad signature claiming to be from {peer_id[:60]}") from None
 
 
 def _reject_constant(name: str):

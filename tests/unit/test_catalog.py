@@ -79,3 +79,23 @@ def test_wire_roundtrip():
     d = Decision(KEY, 4, {"kind": "Deployment"}, (("web-0", "p1"), ("web-1", None)), (("web-0", "best"),),
                  ({"peer": "p1", "score": 0.5},), (("p9", "full"),), "o", 12, 3, "scale")
     assert Decision.from_wire(d.to_wire()) == d
+
+
+def test_a_decision_proves_its_origin_and_any_change_breaks_the_proof():
+    from dataclasses import replace
+
+    from beemeshd.core.catalog import DECISION_DOMAIN
+    from beemeshd.core.protocol import Forged, Signer
+
+    a, b = Signer(b"\x01" * 32), Signer(b"\x02" * 32)
+    d = Decision(("ns", "Deployment", "w"), 1, {"kind": "Deployment"}, (("w-0", b.peer_id),), origin=a.peer_id)
+    d = replace(d, signature=a.sign_detached(DECISION_DOMAIN, d.signed_part()))
+    d.verify()
+    Decision.from_wire(d.to_wire()).verify()  # survives the wire
+    for bad in (replace(d, assignments=(("w-0", a.peer_id),)),  # tampered
+                replace(d, generation=2),
+                replace(d, signature=b.sign_detached(DECISION_DOMAIN, d.signed_part())),  # someone else signed
+                replace(d, signature=a.sign_detached(b"another-domain\0", d.signed_part())),  # not as a decision
+                replace(d, signature="")):  # none
+        with pytest.raises(Forged):
+            bad.verify()

@@ -218,3 +218,35 @@ async def test_an_outsider_sees_the_status_of_a_replica_its_holder_runs(net, nur
     view = await get(x, "web")
     assert view["readyReplicas"] == 1 and view["replicaStatus"][0]["peer"] == h.id
     assert view["replicaStatus"][0]["state"] in ("running", "ready")
+
+
+async def test_a_decision_passed_on_must_carry_its_origins_signature(net, nursery, autojump_clock):
+    """Anyone may pass a decision on (anti-entropy, hand-over, a holder's answer), so each carries
+    its origin's signature: a tampered or forged one is dropped, counted and held against the peer
+    that passed it on; the catalog is unchanged and nothing runs elsewhere."""
+    from dataclasses import replace
+
+    from beemeshd.core.catalog import DECISION_DOMAIN
+    from beemeshd.placement import PROTO_PUSH
+
+    peers = await mesh_of(nursery, net, 10, broadcast_max=4)
+    await peers[0].w.deploy(manifest=deployment(replicas=1, cpu="100m"), yaml=None, namespace=None, wait=True,
+                            timeout=30, dry_run=False)
+    real = peers[0].placement.catalog.entries[KEY]
+    real.verify()  # the origin signed it
+    keeper = next(p for p in peers if p.id in holders(KEY, [q.id for q in peers], 3) and p is not peers[0])
+    liar = next(p for p in peers if p is not keeper and p is not peers[0])
+    pods = sum(len(p.runtime.pod_names()) for p in peers)
+    # the same decision moved to the liar and "re-placed" (revision 1), under the origin's old signature
+    tampered = replace(real, assignments=((real.assignments[0][0], liar.id),), revision=1)
+    # and one that claims the origin made it, signed by the liar
+    forged = replace(tampered, revision=2)
+    forged = replace(forged, signature=liar.mesh.signer.sign_detached(DECISION_DOMAIN, forged.signed_part()))
+    before = keeper.mesh.counters.get("malformedMessages", 0)
+    for d in (tampered, forged):
+        await liar.mesh.request(keeper.id, PROTO_PUSH, {"type": "handover", "decision": d.to_wire()}, 2.0)
+    await trio.sleep(1)
+    assert keeper.placement.catalog.entries[KEY] == real
+    assert keeper.mesh.counters["malformedMessages"] == before + 2
+    assert keeper.placement.trust.receipts(liar.id)["invalid"] == 2
+    assert sum(len(p.runtime.pod_names()) for p in peers) == pods and not liar.runtime.pod_names()
