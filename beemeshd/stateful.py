@@ -18,9 +18,10 @@ replicates the lease table of beemeshd/core/lease.py; this module wires it to th
   per running pod lets the lease watchdog (a separate process) kill it if beemeshd cannot.
 - Healing. The group's leader re-places an ordinal whose peer is gone once the lease wait has run
   out (placement leaves StatefulSets alone): an auction among live peers, then a "heal" decision.
-- Views. `lease_of` (Get's Replica.lease; a peer outside the group asks members, see
-  beemeshd/stateful_views.py), `group_of` (Explain's group), events LeaseGranted, LeaseLost and
-  LeaderChanged on Watch; `counters` for GetInfo.
+- Views. `lease_of` (Get's Replica.lease) and `group_of` (Explain's group): a peer outside the
+  group asks members (beemeshd/stateful_views.py); events LeaseGranted, LeaseLost and
+  LeaderChanged on Watch, gossiped by the member each is about so that every peer's Watch shows
+  them once (beemeshd/stateful_events.py); `counters` for GetInfo.
 - Shutdown. A stopping daemon hands its ordinals over (a heal decision), stops their pods and
   releases their leases: they run elsewhere within seconds, not after the lease wait.
 - History. Every start and stop of a stateful pod is logged as `lease history {json}`.
@@ -55,7 +56,7 @@ from beemeshd.core import lease as L
 from beemeshd.core.catalog import Decision, Key
 from beemeshd.core.groups import (base_of, creating, desired_peers, founders, group_id, next_change, peer_of,
                                    refounded_at, refounder)
-from beemeshd.events import make_event
+from beemeshd.stateful_events import GroupEvents
 from beemeshd.stateful_files import StatefulFiles, boottime
 from beemeshd.stateful_pods import PodGuard
 from beemeshd.stateful_refound import PROTO_RAFT_JOIN, Refounding
@@ -107,12 +108,13 @@ class Settings:
 class Stateful:
     def __init__(self, mesh, placement, agent, runtime, events, files: StatefulFiles, *,
                  settings: Settings = Settings(), holder_clock=boottime, grantor_clock=time.monotonic,
-                 watchdog: list[str] | None = None):
+                 wall_clock=time.time, watchdog: list[str] | None = None):
         self.mesh, self.placement, self.agent, self.runtime, self.events = mesh, placement, agent, runtime, events
         self.files = files
         self.settings = settings
         self.peer_id = mesh.peer_id
         self.holder_clock, self.grantor_clock = holder_clock, grantor_clock
+        self.wall_clock = wall_clock  # only for showing lease ends as wall time (Get)
         # member ids of this daemon's joins start with its start time: newer than any before
         self.driver = Driver(MeshWire(mesh), tick=settings.raft.tick, poll=settings.raft.heartbeat,
                              clock=grantor_clock, reachable=self._reachable,
@@ -127,6 +129,7 @@ class Stateful:
         self._nursery: trio.Nursery | None = None
         self.refounding = Refounding(self)  # groups that lost their majority for good
         self.remote = RemoteLeases(self)  # Get on a peer outside the group asks a member
+        self.group_events = GroupEvents(self)  # Watch on a peer outside the group too
         mesh.handle(PROTO_RAFT_JOIN, self._handle_join)
         mesh.handle(PROTO_LEASES, self.remote.handle)
 
@@ -135,6 +138,7 @@ class Stateful:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.driver.run)
+            await nursery.start(self.group_events.run)
             nursery.start_soon(self._manage_loop)
             await nursery.start(self.guard.run)
             task_status.started()
@@ -208,26 +212,29 @@ class Stateful:
         else:
             seen = m.machine.grantor.seen.get(ordinal)
             wall = (seen + self.settings.lease.regrant_after + self._offset("grantor", self.grantor_clock)
-                    if seen is not None else time.time())
+                    if seen is not None else self.wall_clock())
         return {"holder": lease.holder, "token": lease.token, "expiresUSec": int(wall * 1e6)}
 
     async def refresh_leases(self, name: str, namespace: str | None, kind: str | None) -> None:
-        """Before Get replies: a peer outside the StatefulSet's group asks its members."""
+        """Before Get and Explain reply: a peer outside the StatefulSet's group asks its members
+        (leases and the group's view)."""
         await self.remote.refresh(name, namespace, kind)
 
     def _offset(self, name: str, clock) -> float:
         """Wall time minus `clock`, kept while it stays within a second: the same lease shows the
         same expiry in every view (status reports are re-sent only when a row changes)."""
-        now = time.time() - clock()
+        now = self.wall_clock() - clock()
         before = self._offsets.get(name)
         if before is None or abs(now - before) > 1.0:
             self._offsets[name] = before = now
         return before
 
     def group_of(self, key: Key) -> dict | None:
+        """Explain's group: this member's view; outside the group, what members answered when
+        Explain or Get last asked (`refresh_leases`)."""
         m = self.members.get(key)
         if m is None:
-            return None
+            return self.remote.group(key)
         leader = m.group.leader
         return {"members": m.group.member_peers, "leader": peer_of(leader) if leader else None, "term": m.group.term}
 
@@ -246,11 +253,8 @@ class Stateful:
         c = self.driver.counters
         return {"consensusRejected": sum(v for k, v in c.items() if k != "consensusErrors")}
 
-    def _event(self, key: Key, kind: str, ordinal, peer, token, message) -> None:
-        name = key[2]
-        self.events.publish(make_event(kind, namespace=key[0], name=name,
-                                       replica=f"{name}-{ordinal}" if ordinal is not None else None,
-                                       peer=peer, message=message))
+    def _event(self, key: Key, gid: str, kind: str, ordinal, peer, token, message) -> None:
+        self.group_events.local(key, gid, kind, ordinal, peer, token, message)  # Watch, here and elsewhere
         self.agent.poke()
 
     # -- groups -------------------------------------------------------------------------------------
@@ -305,7 +309,7 @@ class Stateful:
         self.files.set_group(gid, node_id)  # before it can vote: never reused, even after a crash
         again = refounded_at(gid)  # a re-founded group: its own floor, sealed until its seed
         machine = LeaseMachine(self.peer_id, self.settings.lease, self.holder_clock, self.grantor_clock,
-                               on_event=partial(self._event, key), sealed=again is not None,
+                               on_event=partial(self._event, key, gid), sealed=again is not None,
                                floor=L.token_base(d.created_usec if again is None else again))
         group = RaftGroup(gid, node_id, members, machine, self.driver, timing=self.settings.raft, passive=passive)
         keeper = LeaseKeeper(machine, group, wanted=partial(self._wanted_ordinals, key),
@@ -406,7 +410,10 @@ class Stateful:
         if not isinstance(gid, str) or not isinstance(node, str) or not node.startswith(f"{env.sender}/"):
             raise ValueError("a peer joins as itself: {group, node: PEER/ID}")
         m = next((x for x in self.members.values() if base_of(x.gid) == base_of(gid)), None)
-        if m is None:
+        if m is None or m.group.passive:
+            # a joiner no member has contacted yet knows the membership only from an answer like
+            # this one, maybe of a generation since re-founded: two restarted members of an old
+            # group would keep sending each other to it instead of to the survivor's new group
             return {"members": [], "leader": None}
         member = p.get("member") is True  # asked by a member of (some generation of) the group
         if not member:  # a peer joins afresh only without a member: any id it had here is gone for good

@@ -72,7 +72,9 @@ class Refounding:
         if node.endswith("/0") and base not in self.st.used:  # a founder that has not founded yet
             self.st.used[base] = "-"
             self.st.files.set_group(base, "-")
-        return {"gone": True}
+        # where it is now, if in a later generation of the group: the prober joins that one
+        now = next((m.gid for m in self.st.members.values() if base_of(m.gid) == base), None)
+        return {"gone": True, **({"group": now} if now else {})}
 
     async def probe(self, m) -> None:
         """Ask the live peers of `m`'s membership whether their ids in it are gone (a peer that left
@@ -87,8 +89,16 @@ class Refounding:
             except Exception as exc:
                 log.debug("probe of %s: %s", n, exc)
                 return
-            if reply.get("gone") is True:
-                self.retired.setdefault(base_of(m.gid), set()).add(n)
+            if reply.get("gone") is not True:
+                return
+            later = reply.get("group")
+            if (isinstance(later, str) and base_of(later) == base_of(m.gid)
+                    and (refounded_at(later) or 0) > (refounded_at(m.gid) or 0)):
+                # it left for a re-founded generation: join that (re-founding here too would make
+                # two groups, each with a lease table, for one workload)
+                m.leader_hint = peer_of(n)
+                return
+            self.retired.setdefault(base_of(m.gid), set()).add(n)
 
         async with trio.open_nursery() as nursery:
             for n in ids:

@@ -1,4 +1,5 @@
-"""Leases seen from a peer outside a StatefulSet's consensus group (Get's Replica.lease).
+"""Leases and the group seen from a peer outside a StatefulSet's consensus group (Get's
+Replica.lease, Explain's group).
 
 Only members replicate the lease table, and most peers of a large mesh are not members. Status
 rows do not carry leases: the expiry moves with every renewal (every D/3), and a row that changes
@@ -7,7 +8,10 @@ replies, `refresh()` asks the peers the ordinals are placed on (members that hol
 their own expiry exactly) and one more member, concurrently, within ASK_TIMEOUT, over the
 signed request /beemesh/leases/1; each answers from its own table (`Stateful.lease_of`). The
 answers are shown for SHOW_FOR seconds (List on this peer shows them too while fresh). For each
-ordinal the holder's own answer wins, then the one with the highest token.
+ordinal the holder's own answer wins, then the one with the highest token. Each member also
+answers with its view of the group (members, leader, term: `Stateful.group_of`), which Explain
+asks for the same way; the view with the highest term wins, one naming a leader over one that
+does not (a member that just joined knows neither).
 
 What is shown is for people: no peer decides anything from a lease it did not apply itself.
 """
@@ -21,7 +25,7 @@ import trio
 from beemeshd import errors
 from beemeshd.core import lease as L
 from beemeshd.core.catalog import Key
-from beemeshd.core.groups import desired_peers, group_id
+from beemeshd.core.groups import base_of, desired_peers, group_id
 
 log = logging.getLogger("beemeshd.stateful")
 
@@ -29,6 +33,7 @@ PROTO_LEASES = "/beemesh/leases/1"
 ASK_TIMEOUT = 0.5
 SHOW_FOR = 3.0
 MAX_ASKED = 4
+MAX_MEMBERS = 16  # more than any group has (consensus_group_size is 3 or 5)
 
 
 def _row(x) -> tuple[int, dict] | None:
@@ -42,17 +47,32 @@ def _row(x) -> tuple[int, dict] | None:
     return o, {"holder": holder, "token": token, "expiresUSec": expires}
 
 
+def _group(x) -> dict | None:
+    """A well-formed group view as a ConsensusGroup dict, else None."""
+    if not isinstance(x, dict):
+        return None
+    members, leader, term = x.get("members"), x.get("leader"), x.get("term")
+    if (type(members) is not list or not 0 < len(members) <= MAX_MEMBERS
+            or any(type(p) is not str or not 0 < len(p) <= L.MAX_PEER for p in members)
+            or not (leader is None or (type(leader) is str and leader in members))
+            or type(term) is not int or not 0 <= term < L.MAX_TOKEN):
+        return None
+    return {"members": list(members), "leader": leader, "term": term}
+
+
 class RemoteLeases:
     def __init__(self, stateful):
         self.st = stateful  # beemeshd.stateful.Stateful
-        self.shown: dict[Key, tuple[float, str, dict[int, dict]]] = {}  # key -> (when, group id, rows)
+        # key -> (when, group id, rows, group view)
+        self.shown: dict[Key, tuple[float, str, dict[int, dict], dict | None]] = {}
 
     async def handle(self, env) -> dict:
         """A peer asks for a group's leases: this member's view of each ordinal."""
         gid = env.payload.get("group")
         if not isinstance(gid, str):
             raise ValueError("expected {group}")
-        m = next((x for x in self.st.members.values() if x.gid == gid), None)
+        # any generation of the group (a re-founded one is BASE#USEC; askers know only BASE)
+        m = next((x for x in self.st.members.values() if base_of(x.gid) == base_of(gid)), None)
         if m is None:
             return {"leases": []}
         rows = []
@@ -60,17 +80,27 @@ class RemoteLeases:
             view = self.st.lease_of(m.key, o)
             if view is not None:
                 rows.append({"ordinal": o, **view})
-        return {"leases": rows}
+        return {"leases": rows, "group": self.st.group_of(m.key)}
 
-    def get(self, key: Key, ordinal: int) -> dict | None:
-        """A fresh answer about this ordinal, if one was fetched (only for the current group)."""
+    def _fresh(self, key: Key):
+        """What members answered about the workload's current group, if recent enough."""
         entry = self.shown.get(key)
         if entry is None or trio.current_time() - entry[0] > SHOW_FOR:
             return None
         d = self.st.placement.catalog.entries.get(key)
         if d is None or d.deleted or group_id(d) != entry[1]:
             return None
-        return entry[2].get(ordinal)
+        return entry
+
+    def get(self, key: Key, ordinal: int) -> dict | None:
+        """A fresh answer about this ordinal, if one was fetched (only for the current group)."""
+        entry = self._fresh(key)
+        return entry[2].get(ordinal) if entry else None
+
+    def group(self, key: Key) -> dict | None:
+        """A fresh view of the group from its members, if one was fetched."""
+        entry = self._fresh(key)
+        return entry[3] if entry else None
 
     async def refresh(self, name: str, namespace: str | None, kind: str | None) -> None:
         """Before Get: if this peer is outside the StatefulSet's group, ask members."""
@@ -88,6 +118,7 @@ class RemoteLeases:
             if p not in targets and p != self.st.peer_id and p in alive and len(targets) < MAX_ASKED:
                 targets.append(p)
         answers: dict[str, list] = {}
+        groups: list[dict] = []
 
         async def ask(peer: str) -> None:
             try:
@@ -97,6 +128,9 @@ class RemoteLeases:
                 return
             rows = reply.get("leases")
             answers[peer] = rows if isinstance(rows, list) else []
+            view = _group(reply.get("group"))
+            if view is not None:
+                groups.append(view)
 
         async with trio.open_nursery() as n:
             for p in targets:
@@ -115,5 +149,7 @@ class RemoteLeases:
         now = trio.current_time()
         for k in [k for k, v in self.shown.items() if now - v[0] > SHOW_FOR]:
             del self.shown[k]
+        # the view with the highest term, one naming a leader first; max keeps the first of equals
+        view = max(groups, key=lambda g: (g["term"], g["leader"] is not None), default=None)
         self.shown[d.key] = (now, gid, {o: {k: v for k, v in x.items() if k != "_from"}
-                                                         for o, x in merged.items()})
+                                        for o, x in merged.items()}, view)

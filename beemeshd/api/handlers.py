@@ -116,6 +116,9 @@ class MeshHandlers:
             raise errors.NotImplementedYet("Explain", "this daemon runs without the mesh (mesh_enabled = false): "
                                            "every replica runs here")
         await self._prepare(name, namespace)
+        stateful = getattr(self.node, "stateful", None)
+        if stateful is not None:  # outside a StatefulSet's group: ask a member for its view
+            await stateful.refresh_leases(name, namespace, None)
         return {"explanation": explain(name, namespace)}
 
     # -- policies (beemeshd/policy_store.py) --------------------------------------------------------

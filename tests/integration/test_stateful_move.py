@@ -5,7 +5,8 @@ holder's daemon is killed with SIGKILL. Then the ordinal runs on another peer un
 token, in a volume of the same name there that starts empty (nothing is copied: README,
 "Moving"), and the old volume on the dead daemon's peer is untouched (its own Podman says so).
 The start/stop history the daemons and lease watchdogs logged passes the checker. Four peers and
-groups of three: the peer outside the group shows the lease in Get too (it asks a member).
+groups of three: the peer outside the group shows the lease in Get and the group in Explain too
+(it asks the members).
 Leases are 6 s here (15 s by default), so the move takes W ≈ 6.5 s plus an election and a start.
 """
 
@@ -76,6 +77,13 @@ def test_a_killed_holders_ordinal_runs_elsewhere_on_a_fresh_volume_and_the_old_o
 
             lease = wait_for(outsider_sees_it, 30, "the lease in Get on the peer outside the group")
             assert lease["expiresUSec"] > time.time() * 1e6
+            # and the group in Explain there (it asks the members too)
+            ex = holder.call("Explain", {"name": NAME}).json["explanation"]["group"]
+            [out] = [n for i, n in enumerate(nodes) if ids[i] not in ex["members"]]
+            seen = wait_for(lambda: out.call("Explain", {"name": NAME}).json["explanation"]["group"], 30,
+                            "the group in Explain on the peer outside it")
+            assert sorted(seen["members"]) == sorted(ex["members"]) and seen["leader"] in ex["members"]
+            assert seen["term"] >= 1
 
             # the ordinal writes its data into the volume
             marker = f"written on {ids[old]} at {time.time()}\n"

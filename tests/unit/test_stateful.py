@@ -16,6 +16,7 @@ from beemeshd.consensus import RaftTiming
 from beemeshd.core import lease as L
 from beemeshd.core import render
 from beemeshd.core.catalog import Catalog
+from beemeshd.core.groups import founders
 from beemeshd.core.history_check import START, STOP, Event, check
 from beemeshd.core.membership import Timings
 from beemeshd.events import EventBus
@@ -26,9 +27,11 @@ from beemeshd.runtime.base import FENCE_FILE
 from beemeshd.runtime.fake import FakeRuntime
 from beemeshd.stateful import PROTO_RAFT_JOIN, Settings, Stateful
 from beemeshd.stateful_files import StatefulFiles
+from beemeshd.stateful_views import ASK_TIMEOUT, SHOW_FOR
 
 IMAGE = "localhost/beemesh-busybox:latest"
 GI = 1 << 30
+WALL0 = 1.8e9  # the peers' wall clock: virtual time plus this (real time would skew lease ends)
 # 3 s leases (renewed every second) need Raft faster than the daemon's defaults (0.2 s heartbeats)
 SETTINGS = Settings(L.Timing(lease=3.0, renew_every=1.0, retry=0.2, stop_margin=1.0, margin=0.2),
                     RaftTiming(tick=0.05, heartbeat=0.05, election_min=0.2, election_max=0.4, leader_fallback=0.4))
@@ -93,7 +96,8 @@ class Peer:
         self.w = Workloads(self.placement, self.agent, self.runtime, self.events, self.id)
         self.files = StatefulFiles(tmp_path / self.id[-8:])
         self.st = Stateful(self.mesh, self.placement, self.agent, self.runtime, self.events, self.files,
-                           settings=settings, holder_clock=trio.current_time, grantor_clock=trio.current_time)
+                           settings=settings, holder_clock=trio.current_time, grantor_clock=trio.current_time,
+                           wall_clock=lambda: WALL0 + trio.current_time())
         inner = self.agent.wanted
         self.agent.wanted = lambda: self.st.wanted(inner)
         self.agent.before_create = self._before_create
@@ -213,6 +217,107 @@ async def test_get_on_a_peer_outside_the_group_shows_the_lease_a_member_reports(
     net.heal()
 
 
+async def test_explain_on_a_peer_outside_the_group_shows_the_group_its_members_report(nursery, tmp_path,
+                                                                                     autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history, n=4)
+    key = ("default", "StatefulSet", "db")
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    await until(lambda: sum(key in p.st.members for p in peers) == SETTINGS.group_size)
+    [outsider] = [p for p in peers if key not in p.st.members]  # 4 peers, groups of 3
+    members = [p for p in peers if p is not outsider]
+    await until(lambda: len({p.st.group_of(key)["leader"] for p in members}) == 1
+                and members[0].st.group_of(key)["leader"] is not None)
+    assert outsider.w.explain("db", None)["group"] is None  # it keeps no group of its own
+    api = MeshHandlers(SimpleNamespace(workloads=outsider.w, stateful=outsider.st))
+
+    group = (await api.Explain(None, "db"))["explanation"]["group"]
+    own = members[0].st.group_of(key)
+    assert sorted(group["members"]) == sorted(p.id for p in members)
+    assert group["leader"] == own["leader"] and group["term"] == own["term"] >= 1
+
+    # shape-checked: a member's malformed view (leader outside the members, a negative term,
+    # members not a list) is dropped, and a well-formed one with a higher term wins
+    bad = [{"members": [members[0].id], "leader": outsider.id, "term": own["term"] + 5},
+           {"members": [p.id for p in members], "leader": own["leader"], "term": -1},
+           {"members": "everyone", "leader": None, "term": own["term"] + 5}]
+    for p, view in zip(members, bad):
+        p.st.group_of = lambda key, view=view: view
+    await trio.sleep(SHOW_FOR + 0.1)
+    assert (await api.Explain(None, "db"))["explanation"]["group"] is None
+    later = {"members": [p.id for p in members], "leader": members[1].id, "term": own["term"] + 1}
+    members[2].st.group_of = lambda key: later
+    assert (await api.Explain(None, "db"))["explanation"]["group"] == later
+
+    # bounded: with every member cut off, Explain answers within the ask timeout, without a group
+    net.partition({outsider.id}, {p.id for p in members})
+    await trio.sleep(SHOW_FOR + 0.1)
+    t0 = trio.current_time()
+    assert (await api.Explain(None, "db"))["explanation"]["group"] is None
+    assert trio.current_time() - t0 <= ASK_TIMEOUT + 0.01
+    net.heal()
+
+
+async def test_watch_on_a_peer_outside_the_group_shows_each_lease_event_once(nursery, tmp_path, autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history, n=4)
+    key = ("default", "StatefulSet", "db")
+    watches = {p.id: p.events.subscribe(namespace="default", name="db") for p in peers}
+    seen: dict[str, list[tuple]] = {p.id: [] for p in peers}
+
+    async def collect(peer_id):
+        async for item in watches[peer_id]:
+            ev = item["event"]
+            if ev["type"] in ("LeaseGranted", "LeaseLost", "LeaderChanged"):
+                seen[peer_id].append((ev["type"], ev.get("replica"), ev.get("peer"), ev.get("message")))
+
+    for p in peers:
+        nursery.start_soon(collect, p.id)
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    await until(lambda: sum(key in p.st.members for p in peers) == SETTINGS.group_size)
+    [outsider] = [p for p in peers if key not in p.st.members]
+    [holder] = running(peers, render.pod_name("default", "db-0"))
+    leader = next(p for p in peers if key in p.st.members and p.st.members[key].group.is_leader)
+    token = holder.runtime.tokens[render.pod_name("default", "db-0")]
+    granted = ("LeaseGranted", "db-0", holder.id, f"token {token}")
+    await until(lambda: granted in seen[outsider.id])
+    await until(lambda: any(e[0] == "LeaderChanged" and e[2] == leader.id for e in seen[outsider.id]))
+    await a_while()
+    for p in peers:  # members see it themselves and by gossip: shown once all the same
+        assert seen[p.id].count(granted) == 1, (p is outsider, seen[p.id])
+        changes = [e for e in seen[p.id] if e[0] == "LeaderChanged"]
+        assert len(changes) == len(set(changes)) >= 1 and all(e[2] in [q.id for q in peers] for e in changes)
+
+    # a lost lease (scaled to 0: the holder releases it) reaches the outsider too, once
+    await peers[0].w.scale("db", None, 0, True, 30)
+    await until(lambda: any(e[0] == "LeaseLost" for e in seen[holder.id]))
+    await a_while()
+    lost = [e for e in seen[holder.id] if e[0] == "LeaseLost"]
+    assert lost[0][1:3] == ("db-0", holder.id)
+    assert [e for e in seen[outsider.id] if e[0] == "LeaseLost"] == lost
+
+    # gossip is checked: a peer speaks only about itself and about workloads the catalog holds
+    gid = holder.st.members[key].gid
+    good = {"type": "lease-event", "group": gid, "kind": "LeaseGranted", "namespace": "default", "name": "db",
+            "ordinal": 0, "token": token + 1, "message": "x", "timestampUSec": 1}
+    for bad in ({"kind": "Deleted"}, {"ordinal": None}, {"ordinal": -1}, {"token": "1"}, {"message": 5},
+                {"kind": "LeaderChanged"}, {"timestampUSec": 1 << 62}, {"group": 7}):
+        with pytest.raises(ValueError):
+            outsider.st.group_events.receive(holder.id, {**good, **bad})
+    assert not outsider.st.group_events.receive(holder.id, {**good, "name": "other"})  # not in its catalog
+    assert not outsider.st.group_events.receive(holder.id, {**good, "group": "default/db@1"})  # another incarnation
+    assert outsider.st.group_events.receive(holder.id, good)
+    assert not outsider.st.group_events.receive(holder.id, good)  # once
+    await a_while()
+    assert seen[outsider.id][-1] == ("LeaseGranted", "db-0", holder.id, "x")  # the sender is the peer
+
+
+async def a_while():
+    await trio.sleep(1.0)
+
+
 async def test_a_dead_holders_ordinal_moves_after_the_lease_wait_with_a_higher_token(nursery, tmp_path,
                                                                                    autojump_clock):
     history = []
@@ -303,6 +408,46 @@ async def test_a_restarted_member_rejoins_under_a_new_id_and_its_old_one_is_remo
         [new_id] + [q.st.members[key].node_id for q in peers if q is not back]) for p in peers), timeout=30)
     assert back.files.groups()[back.st.members[key].gid] == new_id
     assert len(running(peers, pod)) == 1 and check(history) == []
+
+
+async def test_two_members_restarted_together_prove_their_ids_gone_and_the_survivor_re_forms(nursery, tmp_path,
+                                                                                           autojump_clock):
+    # The holder and another member die with their machines (pods gone) and come back with the same
+    # identity and state directory: they join afresh, which proves their old ids gone, and the
+    # survivor re-forms the group on that proof alone (refound_after 0). The two must not keep
+    # sending each other to the old group (the real-daemon test caught that: a joiner no member
+    # has contacted answers no join).
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history)
+    key, pod = ("default", "StatefulSet", "db"), render.pod_name("default", "db-0")
+    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
+                            dry_run=False)
+    await until(lambda: all(key in p.st.members and p.st.members[key].group.leader for p in peers))
+    await trio.sleep(2)  # running for a while
+    [holder] = running(peers, pod)
+    token = holder.runtime.tokens[pod]
+    # the member each of the two asks first about the group (the founders' order) is the other one
+    order = [f for f in founders(peers[0].placement.catalog.entries[key], 3) if f != holder.id]
+    other = next(p for p in peers if p.id == order[0])
+    [survivor] = [p for p in peers if p not in (holder, other)]
+    old_gid = survivor.st.members[key].gid
+    for p in (holder, other):
+        p.kill()
+    await holder.runtime.remove_pod(pod)  # its machine died with it (recorded as the stop)
+    await trio.sleep(15)  # longer than a member waits for a leader: no proof, no re-forming
+    assert survivor.st.members[key].gid == old_gid and not running(peers, pod)
+    back = [Peer(net, tmp_path, history, bootstrap=[survivor.id], seed=p.seed) for p in (holder, other)]
+    for p in back:
+        await nursery.start(p.run)
+    live = [survivor] + back
+    await until(lambda: len(running(live, pod)) == 1, timeout=60)
+    [runner] = running(live, pod)
+    assert runner.runtime.tokens[pod] > token
+    gid = survivor.st.members[key].gid
+    assert gid.startswith(old_gid + "#")
+    await until(lambda: all(key in p.st.members and p.st.members[key].gid == gid for p in live), timeout=30)
+    await trio.sleep(10)
+    assert running(live, pod) == [runner] and check(history) == []
 
 
 async def test_scaling_down_releases_the_highest_ordinal(nursery, tmp_path, autojump_clock):
