@@ -134,10 +134,15 @@ class Placement:
             await handler(env)
             return True
         except (ValueError, KeyError, TypeError) as exc:  # well signed, badly shaped
-            self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
-            self.trust.record(env.sender, INVALID, trio.current_time())
+            self._malformed(env.sender)
             log.debug("dropped %s from %s: %s", env.topic, env.sender, exc)
             return False
+
+    def _malformed(self, sender: str, blame: bool = True) -> None:
+        """Count a well-signed but badly shaped message; held against its sender unless told not."""
+        self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
+        if blame:
+            self.trust.record(sender, INVALID, trio.current_time())
 
     def changed(self) -> trio.Event:
         return self._changed
@@ -286,7 +291,7 @@ class Placement:
         return tomb
 
     async def commit(self, d: Decision) -> None:
-        d = replace(d, origin=self.peer_id, signature="")
+        d = replace(d, origin=self.peer_id)  # (signed_part leaves any old signature out)
         d = replace(d, signature=self.mesh.signer.sign_detached(DECISION_DOMAIN, d.signed_part()))
         before = self.catalog.entries.get(d.key)
         self._merge(d)
@@ -387,8 +392,7 @@ class Placement:
                 reply = await self.mesh.request(peer, PROTO_BID, {"task": wire}, self.window)
                 answers[peer] = _answer_from_wire(peer, task.task_id, reply)
             except (ValueError, KeyError, TypeError):
-                self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
-                self.trust.record(peer, INVALID, trio.current_time())
+                self._malformed(peer)
             except Exception as exc:  # unreachable, timed out, refused: it simply did not bid
                 log.debug("no bid from %s: %s", peer, exc)
 
@@ -419,6 +423,7 @@ class Placement:
     async def _on_event(self, env) -> None:
         p = env.payload
         if p.get("type") == "decision":
+            # its envelope proves the sender, but the signature inside must hold too: we pass it on
             d = signed(p["decision"])
             if d.origin != env.sender:
                 raise ValueError("decision not sent by its origin")
@@ -665,10 +670,8 @@ class Placement:
         try:
             d = signed(wire)
         except ValueError as exc:
-            self.mesh.counters["malformedMessages"] = self.mesh.counters.get("malformedMessages", 0) + 1
-            if not (isinstance(wire, dict) and wire.get("signature", "") == ""):
-                # (one with no signature at all may predate them: kept by an honest peer since)
-                self.trust.record(sender, INVALID, trio.current_time())
+            # one with no signature at all may predate them, kept by an honest peer since: not blamed
+            self._malformed(sender, blame=not (isinstance(wire, dict) and wire.get("signature", "") == ""))
             log.warning("dropped a decision passed on by %s: %s", sender, exc)
             return
         self._merge(d, quiet=quiet)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pwd
 import shutil
 import signal
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import summary  # noqa: E402
 from tests.conftest import IMAGE, TEST_USER, User  # noqa: E402
 from tests.integration.daemons import PodmanNode, TestMesh, wait_for  # noqa: E402
-from tests.integration.test_stateful import running_pods, watchdogs  # noqa: E402
+from tests.integration.test_stateful import kill_watchdogs, running_pods  # noqa: E402
 
 
 def statefulset(name: str) -> dict:
@@ -82,11 +81,7 @@ def main(runs: int = 3) -> dict:
         for n in nodes:
             if n.proc and n.proc.poll() is None:
                 n.stop(signal.SIGKILL)
-            for pid in watchdogs(n):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_watchdogs(n)
             n.cleanup()
             shutil.rmtree(n.home, ignore_errors=True)
 

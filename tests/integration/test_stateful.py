@@ -85,6 +85,15 @@ def watchdogs(node: PodmanNode) -> list[int]:
     return out
 
 
+def kill_watchdogs(node: PodmanNode) -> None:
+    """kill -9 the node's lease watchdogs (as a machine's death would, or at teardown)."""
+    for pid in watchdogs(node):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="module")
 def cluster(user, varlinkctl):
     net = Bridge(user)
@@ -107,11 +116,7 @@ def cluster(user, varlinkctl):
         for n in nodes:
             if n.proc and n.proc.poll() is None:
                 n.stop(signal.SIGKILL)
-            for pid in watchdogs(n):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_watchdogs(n)
             n.cleanup()
         net.delete()
         for n in nodes:

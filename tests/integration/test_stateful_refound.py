@@ -12,13 +12,11 @@ once, under a higher token, and the start/stop history passes the checker. Lease
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 from beemeshd.core.history_check import check
 from tests.integration.daemons import PodmanNode, peer_ids, podman_mesh, wait_for
-from tests.integration.test_stateful import history, running_pods, statefulset, watchdogs
+from tests.integration.test_stateful import history, kill_watchdogs, running_pods, statefulset
 
 NAME = "reform"
 CONFIG = {"lease_seconds": 6.0, "lease_stop_margin_seconds": 2.0, "log_level": "info"}
@@ -32,14 +30,6 @@ def row0(node) -> dict | None:
 def group(node) -> dict | None:
     r = node.call("Explain", {"name": NAME})
     return r.json["explanation"].get("group") if r.rc == 0 else None
-
-
-def kill_watchdogs(node) -> None:
-    for pid in watchdogs(node):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_two_members_restarted_at_once_prove_their_ids_gone_and_the_group_re_forms(user, varlinkctl):

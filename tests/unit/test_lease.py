@@ -155,13 +155,19 @@ def test_a_failed_renewal_is_retried_and_never_extends_the_lease():
     assert h.valid_until(0) is None
 
 
-def test_holder_stops_at_once_when_the_log_shows_another_holder():
+def running_holder():
+    """A table granting ordinal 0 to holder a (token 2), and a, running it under a renewed lease."""
     t, h = table(), L.Holder("a", T)
     t.apply(L.grant(0, "a", None), 1)
     h.sync(t)
     h.due(0.0)
     h.renewed(0, 2, 0.0, True, 0.1)
     assert h.may_run(0, 0.2) == 2
+    return t, h
+
+
+def test_holder_stops_at_once_when_the_log_shows_another_holder():
+    t, h = running_holder()
     t.apply(L.grant(0, "b", t.get(0)), 3)
     assert h.sync(t) == ([], [(0, 2)])
     assert h.may_run(0, 0.3) is None
@@ -173,12 +179,7 @@ def test_holder_stops_at_once_when_the_log_shows_another_holder():
 
 def test_a_lease_being_released_neither_starts_a_pod_nor_renews():
     # scale 0 then 1 at once: the release is in flight when the ordinal is wanted here again
-    t, h = table(), L.Holder("a", T)
-    t.apply(L.grant(0, "a", None), 1)
-    h.sync(t)
-    h.due(0.0)
-    h.renewed(0, 2, 0.0, True, 0.1)
-    assert h.may_run(0, 0.2) == 2
+    t, h = running_holder()
     h.releasing(0, 2)
     assert h.may_run(0, 0.3) is None and h.due(now=1.5) == []
     h.releasing(0, 2, False)  # the release failed: the lease is still ours

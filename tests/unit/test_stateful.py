@@ -189,15 +189,22 @@ async def test_deploy_founds_a_group_and_runs_each_ordinal_under_a_lease(nursery
         await peers[1].mesh.request(a.id, PROTO_RAFT_JOIN, {"group": "x", "node": f"{peers[2].id}/1"}, 1.0)
 
 
-async def test_get_on_a_peer_outside_the_group_shows_the_lease_a_member_reports(nursery, tmp_path,
-                                                                                autojump_clock):
-    history = []
-    net, peers = await mesh_of(nursery, tmp_path, history, n=4)
+async def deployed_with_an_outsider(peers):
+    """Deploy StatefulSet db (1 replica) on 4 peers; once its group of 3 has formed: its key and
+    the one peer outside the group."""
     key = ("default", "StatefulSet", "db")
     await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
                             dry_run=False)
     await until(lambda: sum(key in p.st.members for p in peers) == SETTINGS.group_size)
-    [outsider] = [p for p in peers if key not in p.st.members]  # 4 peers, groups of 3
+    [outsider] = [p for p in peers if key not in p.st.members]
+    return key, outsider
+
+
+async def test_get_on_a_peer_outside_the_group_shows_the_lease_a_member_reports(nursery, tmp_path,
+                                                                                autojump_clock):
+    history = []
+    net, peers = await mesh_of(nursery, tmp_path, history, n=4)
+    key, outsider = await deployed_with_an_outsider(peers)
     [holder] = running(peers, render.pod_name("default", "db-0"))
     await until(lambda: holder.st.lease_of(key, 0) is not None)
     assert outsider.w.get("db", None, None)["replicaStatus"][0]["lease"] is None  # it keeps no table
@@ -221,11 +228,7 @@ async def test_explain_on_a_peer_outside_the_group_shows_the_group_its_members_r
                                                                                      autojump_clock):
     history = []
     net, peers = await mesh_of(nursery, tmp_path, history, n=4)
-    key = ("default", "StatefulSet", "db")
-    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
-                            dry_run=False)
-    await until(lambda: sum(key in p.st.members for p in peers) == SETTINGS.group_size)
-    [outsider] = [p for p in peers if key not in p.st.members]  # 4 peers, groups of 3
+    key, outsider = await deployed_with_an_outsider(peers)
     members = [p for p in peers if p is not outsider]
     await until(lambda: len({p.st.group_of(key)["leader"] for p in members}) == 1
                 and members[0].st.group_of(key)["leader"] is not None)
@@ -262,7 +265,6 @@ async def test_explain_on_a_peer_outside_the_group_shows_the_group_its_members_r
 async def test_watch_on_a_peer_outside_the_group_shows_each_lease_event_once(nursery, tmp_path, autojump_clock):
     history = []
     net, peers = await mesh_of(nursery, tmp_path, history, n=4)
-    key = ("default", "StatefulSet", "db")
     watches = {p.id: p.events.subscribe(namespace="default", name="db") for p in peers}
     seen: dict[str, list[tuple]] = {p.id: [] for p in peers}
 
@@ -274,10 +276,7 @@ async def test_watch_on_a_peer_outside_the_group_shows_each_lease_event_once(nur
 
     for p in peers:
         nursery.start_soon(collect, p.id)
-    await peers[0].w.deploy(manifest=statefulset(replicas=1), yaml=None, namespace=None, wait=True, timeout=30,
-                            dry_run=False)
-    await until(lambda: sum(key in p.st.members for p in peers) == SETTINGS.group_size)
-    [outsider] = [p for p in peers if key not in p.st.members]
+    key, outsider = await deployed_with_an_outsider(peers)
     [holder] = running(peers, render.pod_name("default", "db-0"))
     leader = next(p for p in peers if key in p.st.members and p.st.members[key].group.is_leader)
     token = holder.runtime.tokens[render.pod_name("default", "db-0")]
