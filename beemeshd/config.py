@@ -94,12 +94,16 @@ class Config:
     # (0, the default: only when those peers come back restarted — never two copies). Non-zero is
     # an assumption about partitions: README, "Re-forming a group".
     consensus_refound_after_seconds: float = 0.0
-    # Raft: the driver's tick (votes, proposals go out at once), the leaders' heartbeat (what idle
-    # groups cost), the shortest election timeout (the longest is twice that; more than three
-    # heartbeats). A leader's failure is noticed after about one election timeout.
+    # Raft: the driver's tick (votes, proposals go out at once); the pulse (peers sharing groups
+    # exchange a frame this often) and the silence after which a leader's peer is suspected and
+    # its groups elect at once (0: off); the leaders' heartbeat (what idle groups cost) and the
+    # shortest election timeout (the longest is twice that; more than three heartbeats), which
+    # catch what the pulse cannot see. See beemeshd/consensus/raft.py, RaftTiming.
     raft_tick_seconds: float = 0.05
-    raft_heartbeat_seconds: float = 0.2
-    raft_election_seconds: float = 0.65
+    raft_pulse_seconds: float = 0.15
+    raft_suspect_seconds: float = 0.4
+    raft_heartbeat_seconds: float = 0.5
+    raft_election_seconds: float = 2.0
 
     @classmethod
     def default(cls) -> "Config":

@@ -296,7 +296,10 @@ def make_stateful(config: Config, node: Node, placement, agent: Agent):
         lease = Timing(lease=config.lease_seconds, renew_every=config.lease_seconds / 3,
                        stop_margin=config.lease_stop_margin_seconds)
         raft = RaftTiming(tick=config.raft_tick_seconds, heartbeat=config.raft_heartbeat_seconds, election_min=e,
-                          election_max=2 * e, leader_fallback=2 * e)
+                          election_max=2 * e, leader_fallback=2 * e, pulse=config.raft_pulse_seconds,
+                          suspect=config.raft_suspect_seconds)
+        if raft.pulse <= 0 or raft.suspect < 0 or 0 < raft.suspect <= raft.pulse:
+            raise ValueError("raft_pulse_seconds must be > 0 and raft_suspect_seconds 0 or above it")
         raft.conf(None).validate()
     except (ValueError, AssertionError) as exc:
         raise SystemExit(f"beemeshd: lease or raft settings: {exc or 'election must exceed 3 heartbeats'}") from None

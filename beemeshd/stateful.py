@@ -116,7 +116,7 @@ class Stateful:
         self.holder_clock, self.grantor_clock = holder_clock, grantor_clock
         self.wall_clock = wall_clock  # only for showing lease ends as wall time (Get)
         # member ids of this daemon's joins start with its start time: newer than any before
-        self.driver = Driver(MeshWire(mesh), tick=settings.raft.tick, poll=settings.raft.heartbeat,
+        self.driver = Driver(MeshWire(mesh), **settings.raft.driver_args(),
                              clock=grantor_clock, reachable=self._reachable,
                              incarnation=f"{int(time.time()):x}.{secrets.token_hex(3)}")
         self.members: dict[Key, Member] = {}

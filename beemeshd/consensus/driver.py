@@ -29,6 +29,7 @@ import logging
 import random
 import secrets
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -65,11 +66,13 @@ class Driver:
                  rng: random.Random | None = None, incarnation: str | None = None,
                  reachable: Callable[[], set[str]] | None = None, exchange_timeout: float = 1.0,
                  max_queue: int = 5000, gate: Callable[[], Awaitable[None]] | None = None,
-                 poll: float | None = None):
+                 poll: float | None = None, suspect: float = 0.0, hurry_step: float = 0.25):
         self.wire = wire
         self.peer_id = wire.peer_id
         self.tick = tick
-        self.poll = poll if poll is not None else tick  # see _flush (the groups' heartbeat period)
+        self.poll = poll if poll is not None else tick  # see _flush (RaftTiming.pulse)
+        self.suspect = suspect  # see _hurry (RaftTiming.suspect; 0: off)
+        self.hurry_step = hurry_step
         self.clock = clock
         self.rng = rng or random.Random()
         self.incarnation = incarnation or secrets.token_hex(6)
@@ -88,6 +91,9 @@ class Driver:
         self._urgent: set[str] = set()  # peers with more than heartbeats queued
         self._seq_in: dict[str, tuple[str, int]] = {}
         self.last_heard: dict[str, float] = {}  # peer -> our clock when its last frame arrived
+        self.suspects: frozenset[str] = frozenset()  # peers silent for `suspect` seconds
+        self._ticked_at: float | None = None
+        self._grace_until = -1e18  # after a stall of our own, nobody is newly suspected until then
         self._outbox: dict[str, list] = defaultdict(list)
         self._in_flight: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -198,6 +204,7 @@ class Driver:
             return
         finally:
             self._in_flight.discard(peer)
+        self.last_heard[peer] = self.clock()
         if answer:
             if self.gate is not None:
                 await self.gate()
@@ -286,12 +293,16 @@ class Driver:
         """Tick every group that has something to do: a message or proposal arrived, one of its
         timers (heartbeat, election) is due, or it has not ticked for SWEEP seconds. An idle
         follower between heartbeats is skipped: ticking 100 idle groups 20 times a second cost
-        more than their messages."""
+        more than their messages. Elections are hurried first (`_hurry`)."""
         alive = self.reachable() if self.reachable is not None else None
         if alive != self._alive:
             self._alive = alive
             for g in self.groups.values():
                 g.reconnect = True
+        if self._suspect_peers(alive):  # groups that are not due may follow a leader just suspected
+            for g in list(self.groups.values()):
+                if not g.closed:
+                    self._hurry(g, g.clock())
         for g in list(self.groups.values()):
             if g.closed:
                 continue
@@ -308,6 +319,7 @@ class Driver:
             except Exception:
                 self.counters["consensusErrors"] += 1
                 log.exception("%s: tick failed", g.group_id)
+            self._hurry(g, now)
             leader = g.leader
             if leader != g.last_leader:
                 g.last_leader = leader
@@ -317,6 +329,57 @@ class Driver:
                     log.exception("%s: leader listener failed", g.group_id)
         if self._nursery is not None:
             self._flush()
+
+    # -- hurrying elections -----------------------------------------------------------------------
+    def _suspect_peers(self, alive: set[str] | None) -> bool:
+        """Update `suspects`: peers we share groups with whose last frame (or answer) is older
+        than `suspect`, or that the mesh's failure detector no longer lists. A stall of our own
+        (the tick came late) is not held against anyone: frames may be waiting to be read."""
+        if self.suspect <= 0:
+            return False
+        now = self.clock()
+        if self._ticked_at is not None and now - self._ticked_at > self.suspect / 2:
+            self._grace_until = now + self.suspect
+        self._ticked_at = now
+        if now < self._grace_until:
+            return False
+        silent = {p for p, t in self.last_heard.items() if now - t > self.suspect}
+        if alive is not None:
+            silent.update(p for p in self.last_heard if p not in alive)
+        suspects = frozenset(silent)
+        changed = suspects != self.suspects
+        self.suspects = suspects
+        return changed
+
+    def _gone(self, node_id: str) -> bool:
+        """Whether a member looks dead: its peer is suspected. (A member whose daemon restarted
+        quickly is not seen here: member ids do not name incarnations; the slow path finds it.)"""
+        return peer_of(node_id) in self.suspects
+
+    def _hurry(self, g, now: float) -> None:
+        """A follower whose leader looks dead, or a group with no leader and no election under
+        way, elects now instead of after an election timeout (≈ 1 s more at the defaults, and far
+        more with the slow heartbeats that make idle groups cheap). One member at a time: the
+        live members in an order that differs per group (so the new leaders of a dead peer's
+        groups spread), each `hurry_step` after the one before, so that the first one's vote
+        request arrives before the next one runs for the same term and splits the vote.
+        Timing never touches Raft's safety: any member may start an election at any time."""
+        if self.suspect <= 0 or g.passive:
+            return
+        leader = g.following()
+        if leader is not None:
+            if not self._gone(leader):
+                return
+        elif not g.leaderless():
+            return
+        key = (g.term, leader)
+        if g.hurried == key:  # once per term and leader: later, pysyncobj's own timers rule
+            return
+        g.hurried = key
+        live = sorted((m for m in g.members if m != leader and not self._gone(m)),
+                      key=lambda m: zlib.crc32(f"{g.group_id}|{m}".encode()))
+        if g.node_id in live:
+            g.elect_by(now + live.index(g.node_id) * self.hurry_step)
 
     def _connect(self, g, alive: set[str] | None) -> None:
         for node in g.otherNodes:

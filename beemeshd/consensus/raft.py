@@ -56,22 +56,40 @@ logging.getLogger("pysyncobj.syncobj").addFilter(_ReappendIsBenign())
 
 @dataclass(frozen=True)
 class RaftTiming:
-    """pysyncobj's timers, in seconds of the group's clock. Election timeouts must exceed three
-    heartbeats (pysyncobj checks); a partitioned leader steps down after `leader_fallback`
-    (pysyncobj's default is 30 s: nothing here trusts is_leader for safety, but Explain and the
-    events should not show a stale leader for that long). The driver ticks every `tick` (votes,
-    proposals and new entries go out at once) but heartbeats travel every `heartbeat`, all
-    groups' together. The defaults trade Raft failover (≈ 0.8 s; leases of 15 s outlast it many
-    times, so no pod notices) against the cost of idle groups over libp2p (100 groups ≈ 4 % of a
-    core); heartbeats of 0.05 s fail over in ≈ 0.35 s for ≈ 14 %."""
+    """Timers, in seconds of the group's clock.
+
+    Failure detection is per peer, not per group: peers that share any group exchange a frame
+    every `pulse` (all groups' messages ride on it, see driver.py), and when the peer of a group's
+    leader has been silent for `suspect`, its followers elect at once, one member at a time in an
+    order that differs per group (the driver's "hurry"). A group without a leader (a new one) is
+    hurried the same way. pysyncobj's own timers stay as the slow path: leaders heartbeat every
+    `heartbeat` (they carry the commit index; what idle groups cost grows with it), election
+    timeouts of `election_min`..`election_max` (more than three heartbeats, pysyncobj checks) catch
+    what the pulse cannot see (a leader whose peer answers but whose group is stuck), and a
+    partitioned leader steps down after `leader_fallback` (nothing here trusts is_leader for
+    safety: leases do that). The driver ticks every `tick`: votes, proposals and new entries go
+    out at once. `suspect` 0 turns hurrying off (failover then takes an election timeout)."""
 
     tick: float = 0.05
-    heartbeat: float = 0.2
-    election_min: float = 0.65
-    election_max: float = 1.3
-    leader_fallback: float = 1.3
+    heartbeat: float = 0.5
+    election_min: float = 2.0
+    election_max: float = 4.0
+    leader_fallback: float = 4.0
+    pulse: float = 0.15
+    suspect: float = 0.4
     compact_entries: int = 2000  # in-memory log compaction: entries ...
     compact_seconds: float = 300.0  # ... or age
+
+    def driver_args(self, rate: float = 1.0) -> dict:
+        """The Driver's timers (`rate`: a simulated peer's clock rate)."""
+        return {"tick": self.tick * rate, "poll": self.pulse * rate, "suspect": self.suspect * rate,
+                "hurry_step": self.hurry_step * rate}
+
+    @property
+    def hurry_step(self) -> float:
+        """How long each member waits after the one ranked before it: long enough for that one's
+        vote request to arrive (it rides on the next pulse at the latest)."""
+        return 2 * self.pulse + self.tick
 
     def conf(self, on_state_changed) -> SyncObjConf:
         return SyncObjConf(
@@ -156,6 +174,7 @@ class RaftGroup(SyncObj):
         self.connected_ids: set[str] = set()
         self.last_leader: str | None = None
         self.closed = False
+        self.hurried: tuple | None = None  # the driver's (term, leader) it last hurried an election for
         # the driver's bookkeeping: tick it soon (something arrived or was proposed), connectivity
         # to refresh, when it last ticked, the member ids (cached: checked for every message)
         self.due = True
@@ -239,6 +258,23 @@ class RaftGroup(SyncObj):
         if self._SyncObj__raftState == 2:
             return self._SyncObj__newAppendEntriesTime
         return self._SyncObj__raftElectionDeadline
+
+    def leaderless(self) -> bool:
+        """A follower with no leader that has not voted in this term (so no election it knows of
+        is under way): a new group, or one whose leader stepped down."""
+        return (self._SyncObj__raftState == 0 and self._SyncObj__raftLeader is None
+                and self._SyncObj__votedForNodeId is None)
+
+    def following(self) -> str | None:
+        """The leader this member follows (None when it is not a follower, or knows none)."""
+        if self._SyncObj__raftState != 0 or self._SyncObj__raftLeader is None:
+            return None
+        return self._SyncObj__raftLeader.id
+
+    def elect_by(self, when: float) -> None:
+        """Start an election at `when` at the latest (an earlier timer stays)."""
+        if when < self._SyncObj__raftElectionDeadline:
+            self._SyncObj__raftElectionDeadline = when
 
     # -- internals --------------------------------------------------------------------------------
     @replicated

@@ -84,8 +84,7 @@ class SimPeer:
         # ordinal -> (version, peer): spreads only between peers that can reach each other
         self.catalog = {o: (0, f"p{o % cfg.peers}") for o in range(cfg.ordinals)}
         # a drifting peer's timers drift too (and peers' wake-ups rarely tie, see run())
-        self.driver = Driver(MemoryWire(world.net, name), tick=cfg.raft.tick * self.rate, clock=self.clock,
-                             poll=cfg.raft.heartbeat * self.rate,
+        self.driver = Driver(MemoryWire(world.net, name), clock=self.clock, **cfg.raft.driver_args(self.rate),
                              rng=random.Random(rng.random()), incarnation="0", gate=self.gate)
         self.machine = LeaseMachine(name, cfg.lease, self.clock, self.clock, self_stop=cfg.self_stop,
                                     on_event=self.event)

@@ -81,7 +81,7 @@ class Cluster:
         self.groups = {}
 
     def add_driver(self, peer):
-        d = Driver(MemoryWire(self.net, peer), tick=self.timing.tick, clock=trio.current_time,
+        d = Driver(MemoryWire(self.net, peer), **self.timing.driver_args(), clock=trio.current_time,
                    rng=random.Random(self.rng.random()), incarnation=f"i{len(self.drivers)}")
         self.drivers[peer] = d
         return d
@@ -290,6 +290,7 @@ async def test_groups_on_different_clocks_in_one_process(nursery, autojump_clock
     """The simulator's use of the process-wide switch: a group whose clock runs 10× slower
     elects 10× later."""
     net = MemoryNet()
+    timing = RaftTiming(heartbeat=0.2, election_min=0.65, election_max=1.3, leader_fallback=1.3)  # timers only
     fast, slow = {}, {}
     for peers, box, rate in (("abc", fast, 1.0), ("def", slow, 0.1)):
         for p in peers:
@@ -299,7 +300,7 @@ async def test_groups_on_different_clocks_in_one_process(nursery, autojump_clock
     groups = {}
     for name, box in (("fast", fast), ("slow", slow)):
         ids = [d.node_id for d in box.values()]
-        groups[name] = [RaftGroup(name, d.node_id, ids, Counter(), d) for d in box.values()]
+        groups[name] = [RaftGroup(name, d.node_id, ids, Counter(), d, timing=timing) for d in box.values()]
     await until(lambda: any(g.is_leader for g in groups["fast"]))
     t_fast = trio.current_time()
     await until(lambda: any(g.is_leader for g in groups["slow"]))
@@ -307,3 +308,80 @@ async def test_groups_on_different_clocks_in_one_process(nursery, autojump_clock
     with raft_clock.using(lambda: 42.0):
         import pysyncobj.syncobj
         assert pysyncobj.syncobj.monotonicTime() == 42.0
+
+
+# -- hurried elections: per-peer failure detection instead of per-group timeouts --------------------
+
+NO_HURRY = RaftTiming(suspect=0.0)  # the same timers, elections only on pysyncobj's own timeouts
+
+
+async def _founded(nursery, timing, groups):
+    c = Cluster(nursery, timing=timing)
+    await c.start()
+    t0 = trio.current_time()
+    for i in range(groups):
+        c.found(f"g{i}")
+    gids = [f"g{i}" for i in range(groups)]
+    await until(lambda: all(c.leader(g) is not None for g in gids), timeout=30)
+    return c, gids, trio.current_time() - t0
+
+
+def _follow(c, gid, peer):
+    return c.groups[(gid, peer)].leader
+
+
+@pytest.mark.parametrize("timing", [RaftTiming(), NO_HURRY], ids=["hurried", "control"])
+async def test_new_groups_elect_at_once_without_split_votes(nursery, autojump_clock, timing):
+    c, gids, took = await _founded(nursery, timing, 20)
+    terms = [c.leader(g).term for g in gids]
+    if timing.suspect:
+        # one member runs first, the next only a hurry step later: one election each
+        assert took < 0.5 and terms == [1] * 20
+        assert len({c.leader(g).node_id for g in gids}) == 3  # first runners differ per group
+    else:  # the control: an election timeout (2–4 s) first
+        assert took > timing.election_min
+
+
+@pytest.mark.parametrize("timing", [RaftTiming(), NO_HURRY], ids=["hurried", "control"])
+async def test_a_dead_peers_groups_fail_over_within_half_a_second_and_spread(nursery, autojump_clock, timing):
+    c, gids, _ = await _founded(nursery, timing, 24)
+    await trio.sleep(3)
+    led = [g for g in gids if c.leader(g).node_id.startswith("a/")]
+    assert led, "a leads some groups"
+    before = {g: c.leader(g).term for g in led}
+    c.net.down.add("a")
+    t0 = trio.current_time()
+
+    def moved():  # both survivors follow (or are) a new leader
+        return all(_follow(c, g, p) not in (None, c.drivers["a"].node_id) for g in led for p in "bc")
+
+    await until(moved, timeout=30)
+    took = trio.current_time() - t0
+    if timing.suspect:
+        assert took < 0.5
+        new = {c.groups[(g, "b")].leader for g in led}
+        assert len(new) == 2 or len(led) == 1  # both survivors take some of them over
+        assert all(c.groups[(g, "b")].term == before[g] + 1 for g in led)  # no split vote
+    else:
+        assert took > timing.election_min
+
+
+def test_a_stall_of_our_own_is_not_held_against_anyone():
+    """A driver whose own loop stalled (a paused process) finds everyone silent when it wakes, with
+    their frames still unread: it suspects nobody until a `suspect` period has passed."""
+    now = [0.0]
+    d = Driver(MemoryWire(MemoryNet(), "c"), clock=lambda: now[0], **RaftTiming().driver_args())
+    d.last_heard.update(a=0.0, b=0.0)
+    for _ in range(4):  # ticking on time, hearing from both
+        now[0] += 0.05
+        d.last_heard.update(a=now[0], b=now[0])
+        d.tick_once()
+    assert d.suspects == frozenset()
+    now[0] += 1.0  # stalled: nothing heard, nothing read
+    d.tick_once()
+    assert d.suspects == frozenset()
+    for _ in range(round(2 * RaftTiming().suspect / 0.05)):  # a's frames are read after the stall; b stays silent
+        now[0] += 0.05
+        d.last_heard["a"] = now[0]
+        d.tick_once()
+    assert d.suspects == frozenset({"b"})
