@@ -95,6 +95,7 @@ class Driver:
         self._ticked_at: float | None = None
         self._grace_until = -1e18  # after a stall of our own, nobody is newly suspected until then
         self._outbox: dict[str, list] = defaultdict(list)
+        self._commit_sent: dict[tuple[str, str], int] = {}  # (group, member) -> commit index sent
         self._in_flight: set[str] = set()
         self._nursery: trio.Nursery | None = None
         wire.serve(self._serve)
@@ -111,6 +112,8 @@ class Driver:
 
     def unregister(self, group_id: str) -> None:
         self.groups.pop(group_id, None)
+        for key in [k for k in self._commit_sent if k[0] == group_id]:
+            del self._commit_sent[key]
         for peer, items in self._outbox.items():
             items[:] = [x for x in items if x[0] != group_id]
 
@@ -136,8 +139,20 @@ class Driver:
             del box[: len(box) // 2]
             self.stats["queueDropped"] += 1
         box.append((group_id, src, dst, wire_msg))
-        if _urgent(message):
+        if _urgent(message) or self._commits(group_id, dst, message):
             self._urgent.add(peer_of(dst))
+        return True
+
+    def _commits(self, group_id: str, dst: str, message: dict) -> bool:
+        """An append_entries that moves dst's commit index forward (it may then apply a lease
+        renewal or grant): as urgent as new entries."""
+        index = message.get("commit_index") if message.get("type") == "append_entries" else None
+        if type(index) is not int:
+            return False
+        key = (group_id, dst)
+        if index <= self._commit_sent.get(key, -1):
+            return False
+        self._commit_sent[key] = index
         return True
 
     def _take(self, peer: str) -> list | None:
@@ -315,7 +330,9 @@ class Driver:
                     if g.reconnect:
                         g.reconnect = False
                         self._connect(g, alive)
+                    before = g.before_tick()
                     g.doTick(0)
+                    g.push_entries(before)
             except Exception:
                 self.counters["consensusErrors"] += 1
                 log.exception("%s: tick failed", g.group_id)

@@ -174,6 +174,7 @@ class RaftGroup(SyncObj):
         self.connected_ids: set[str] = set()
         self.last_leader: str | None = None
         self.closed = False
+        self.pushed: tuple | None = None  # (commit index, last log index) the followers were sent
         self.hurried: tuple | None = None  # the driver's (term, leader) it last hurried an election for
         # the driver's bookkeeping: tick it soon (something arrived or was proposed), connectivity
         # to refresh, when it last ticked, the member ids (cached: checked for every message)
@@ -270,6 +271,25 @@ class RaftGroup(SyncObj):
         if self._SyncObj__raftState != 0 or self._SyncObj__raftLeader is None:
             return None
         return self._SyncObj__raftLeader.id
+
+    def before_tick(self) -> tuple[float, int]:
+        return self._SyncObj__newAppendEntriesTime, self._SyncObj__getCurrentLogIndex()
+
+    def push_entries(self, before: tuple[float, int]) -> None:
+        """After a tick on a leader: send new entries, or a commit index that advanced, now.
+        pysyncobj (appendEntriesUseBatch) keeps both for its next heartbeat, which made every
+        commit wait up to two heartbeats; with heartbeats slowed to keep idle groups cheap, lease
+        renewals and grants would lag by a second. Everything proposed in one tick still travels
+        together. `before`: before_tick(). If pysyncobj sent in the tick (its heartbeat time
+        moved), that carried the new commit index but not the entries the tick appended after."""
+        if self._SyncObj__raftState != 2:
+            return
+        due, last = before
+        now = (self._SyncObj__raftCommitIndex, self._SyncObj__getCurrentLogIndex())
+        sent = (now[0], last) if self._SyncObj__newAppendEntriesTime != due else self.pushed
+        if now != sent:
+            self._SyncObj__sendAppendEntries()
+        self.pushed = now
 
     def elect_by(self, when: float) -> None:
         """Start an election at `when` at the latest (an earlier timer stays)."""
