@@ -33,7 +33,7 @@ class MeshWire:
         async def serve(env) -> dict:
             return {"f": await handler(env.sender, env.payload.get("f"))}
 
-        self.mesh.handle(PROTO_RAFT, serve)
+        self.mesh.handle(PROTO_RAFT, serve, keep_streams=True)  # frames are sequenced: a retry is harmless
 
 
 class MemoryNet:

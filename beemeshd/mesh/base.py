@@ -118,6 +118,7 @@ class MeshBase:
         self._record_changed: trio.Event | None = None
         self._subs: dict[str, set[trio.MemorySendChannel]] = {}
         self._handlers: dict[str, Handler] = {proto.PROTO_SYNC: self._handle_sync}
+        self._keep_streams: set[str] = set()  # see handle()
         if admission is not None:
             self._handlers[proto.PROTO_HELLO] = self._handle_hello
         self._probing: set[str] = set()
@@ -261,9 +262,15 @@ class MeshBase:
             self._subs.get(topic, set()).discard(send)
             send.close()
 
-    def handle(self, protocol: str, handler: Handler) -> None:
+    def handle(self, protocol: str, handler: Handler, *, keep_streams: bool = False) -> None:
+        """Serve `protocol`. keep_streams: requests to and from peers reuse one stream per peer
+        (the transport's choice; libp2p opens and negotiates a stream per request otherwise), for
+        protocols that run many small exchanges and whose handler tolerates a request delivered
+        twice (a stream that broke is retried once on a new one)."""
         new = protocol not in self._handlers
         self._handlers[protocol] = handler
+        if keep_streams:
+            self._keep_streams.add(protocol)
         if new and self.running:
             self._register(protocol)
 

@@ -78,6 +78,7 @@ if logging.getLogger("libp2p").getEffectiveLevel() >= logging.WARNING:
     logging.getLogger("libp2p.pubsub.gossipsub").setLevel(logging.ERROR)  # GRAFT/PRUNE chatter
 
 RATE_LIMIT = 1000.0  # gossip messages per second, per forwarding peer and topic
+KEPT_IDLE = 60.0  # a kept request stream (MeshBase.handle(keep_streams=True)) idle this long is closed
 DHT_CONTACTS = 20  # Kademlia's k
 
 
@@ -159,6 +160,7 @@ class LibP2PMesh(MeshBase):
         self.pubsub = Pubsub(self.host, self.gossipsub, seen_ttl=int(proto.REPLAY_TTL))
         self.dht = KadDHT(self.host, DHTMode.SERVER)
         self._pings: dict[str, object] = {}
+        self._kept: dict[tuple[str, str], object] = {}  # (peer, protocol) -> an idle kept stream
         self._in_table: set[str] = set()
         self._token: trio.lowlevel.TrioToken | None = None
         self._mdns = None
@@ -312,14 +314,35 @@ class LibP2PMesh(MeshBase):
 
     async def _exchange(self, peer_id: str, addresses: list[str], protocol: str, raw: bytes) -> bytes:
         pid = await self._connect(peer_id, addresses)
-        stream = await self.host.new_stream(pid, [protocol])
+        keep = protocol in self._keep_streams
+        stream = self._kept.pop((peer_id, protocol), None) if keep else None
+        if stream is not None:  # a kept stream may have broken since: then once more, on a new one
+            try:
+                return await self._round_trip(stream, raw, peer_id, protocol)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                log.debug("kept %s stream to %s broke: %r", protocol, peer_id, exc)
+        return await self._round_trip(await self.host.new_stream(pid, [protocol]), raw,
+                                      peer_id, protocol if keep else None)
+
+    async def _round_trip(self, stream, raw: bytes, peer_id: str, keep: str | None) -> bytes:
+        """One request and its reply; then the stream is kept for the next (keep: its protocol)
+        or closed. Any failure or cancellation resets it."""
         try:
             await stream.write(len(raw).to_bytes(4, "big") + raw)
             size = int.from_bytes(await read_exactly(stream, 4), "big")
             if size > proto.MAX_ENVELOPE:
                 raise ValueError(f"reply of {size} bytes")
             reply = await read_exactly(stream, size)
-            await stream.close()
+            if keep is None:
+                await stream.close()
+            else:
+                old = self._kept.get((peer_id, keep))
+                self._kept[(peer_id, keep)] = stream
+                if old is not None:  # two exchanges ran at once: keep one stream, not both
+                    with trio.move_on_after(0.5):
+                        await old.reset()
             return reply
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(0.5):
@@ -332,18 +355,26 @@ class LibP2PMesh(MeshBase):
     async def _serve(self, stream) -> None:
         remote = stream.muxed_conn.peer_id.to_base58()
         protocol = str(stream.get_protocol())
+        keep = protocol in self._keep_streams
+        served = 0
         try:
-            with trio.fail_after(self.timings.dead_after * 2):  # a silent client cannot hold a task
-                size = int.from_bytes(await read_exactly(stream, 4), "big")
-                if size > proto.MAX_ENVELOPE:
-                    self.gate.count(proto.Malformed(f"request of {size} bytes"))
-                    raise ValueError("oversized request")
-                raw = await read_exactly(stream, size)
-            reply = await self._request_in(remote, protocol, raw)
-            if reply is None:
-                raise ValueError("request rejected")
-            await stream.write(len(reply).to_bytes(4, "big") + reply)
-            await stream.close()
+            while True:
+                # A silent client cannot hold a task: the first request is due at once, the next
+                # one on a kept stream within KEPT_IDLE (the client side closes at its end).
+                with trio.fail_after(self.timings.dead_after * 2 if not served else KEPT_IDLE):
+                    size = int.from_bytes(await read_exactly(stream, 4), "big")
+                    if size > proto.MAX_ENVELOPE:
+                        self.gate.count(proto.Malformed(f"request of {size} bytes"))
+                        raise ValueError("oversized request")
+                    raw = await read_exactly(stream, size)
+                reply = await self._request_in(remote, protocol, raw)
+                if reply is None:
+                    raise ValueError("request rejected")
+                await stream.write(len(reply).to_bytes(4, "big") + reply)
+                served += 1
+                if not keep:
+                    await stream.close()
+                    return
         except Exception as exc:
             log.debug("%s stream from %s: %r", protocol, remote, exc)
             with trio.move_on_after(0.5):
@@ -375,6 +406,8 @@ class LibP2PMesh(MeshBase):
 
     async def _drop(self, peer_id: str) -> None:
         self._pings.pop(peer_id, None)
+        for key in [k for k in self._kept if k[0] == peer_id]:
+            del self._kept[key]
         pid = ID.from_base58(peer_id)
         if peer_id in self._in_table:
             self._in_table.discard(peer_id)
