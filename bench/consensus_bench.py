@@ -216,18 +216,18 @@ def rows() -> list[tuple]:
 
     return [
         ("StatefulSet groups over libp2p (3 peers): election of 100 new groups, p50 / p99", s(r["election_s"]),
-         f"before (no hurrying; heartbeat 0.2 s, election 0.65 s): {s(fast['election_s'])}", "—", "—"),
+         f"the old timings (no hurrying; heartbeat 0.2 s, election 0.65 s): {s(fast['election_s'])}", "—", "—"),
         ("… Raft failover: kill -9 of the peer leading most groups → new leader at both survivors",
-         s(r["failover_s"]), f"before: {s(fast['failover_s'])}", "—",
+         s(r["failover_s"]), f"the old timings: {s(fast['failover_s'])}", "—",
          "≤ 0.5 s: " + ("met" if r["failover_s"]["p99"] <= 0.5 else
                         "met at p50, **missed** at p99" if r["failover_s"]["p50"] <= 0.5 else "**missed**")),
         ("… 100 idle groups on one peer: CPU (user+sys, one core = 100 %), busiest peer",
          f"{cpu * 100:.1f} % ({(cpu - mesh) * 100:.1f} % above the mesh alone)",
-         f"before: {max(fast['cpu_per_peer_cores']) * 100:.1f} %; mesh alone: {mesh * 100:.1f} %", "—",
+         f"the old timings: {max(fast['cpu_per_peer_cores']) * 100:.1f} %; mesh alone: {mesh * 100:.1f} %", "—",
          "≤ 5 %: " + ("met" if cpu - mesh <= 0.05 else "**missed**") + " (counted above the mesh alone)"),
         ("… idle traffic per peer: mesh requests (frames) / Raft messages per second, busiest peer",
          f"{max(r['frames_per_s_per_peer']):.0f} / {max(r['raft_messages_per_s_per_peer']):.0f}",
-         f"before: {max(fast['frames_per_s_per_peer']):.0f} / "
+         f"the old timings: {max(fast['frames_per_s_per_peer']):.0f} / "
          f"{max(fast['raft_messages_per_s_per_peer']):.0f}", "—", "—"),
         ("… memory per idle group (RSS growth / groups)", f"{max(r['rss_kib_per_group']):.0f} KiB", "—", "—", "—"),
     ]
