@@ -280,7 +280,7 @@ class Placement:
         created = cur.created_usec if cur is not None and cur_w is not None else now_usec()
         d = Decision(w.key, generation, w.manifest, tuple((r, keep.get(r) or placed.get(r)) for r in replicas),
                      tuple((r, rules.get(r, "")) for r in replicas), tuple(bids), tuple(declined), self.peer_id,
-                     now_usec(), created, reason)
+                     now_usec(), created, reason, user=user)
         await self.commit(d)
         return d, "created" if cur_w is None else "configured"
 

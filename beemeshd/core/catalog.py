@@ -44,6 +44,9 @@ class Decision:
     # The origin's signature over the rest (core/protocol.py sign_detached, DECISION_DOMAIN), so a
     # decision passed on by anyone (anti-entropy, hand-over, a holder's answer) proves who made it.
     signature: str = ""
+    # Who asked, on the origin peer. Node-local policies see it when a bid is asked, and again
+    # when a runner is handed a replica (Placement.wanted). Signed when set (older decisions: None).
+    user: str | None = None
 
     def order(self) -> tuple:
         cached = self.__dict__.get("_order")  # asked on every merge and anti-entropy round
@@ -69,7 +72,7 @@ class Decision:
             "assignments": [list(a) for a in self.assignments], "rules": [list(r) for r in self.rules],
             "bids": list(self.bids), "declined": [list(d) for d in self.declined], "origin": self.origin,
             "decidedUSec": self.decided_usec, "createdUSec": self.created_usec, "reason": self.reason,
-            "revision": self.revision,
+            "revision": self.revision, **({"user": self.user} if self.user is not None else {}),
         }
 
     def verify(self) -> None:
@@ -89,7 +92,10 @@ class Decision:
                       tuple(dict(b) for b in d.get("bids", ())),
                       tuple((str(p), str(w)) for p, w in d.get("declined", ())),
                       str(d.get("origin", "")), int(d.get("decidedUSec", 0)), int(d.get("createdUSec", 0)),
-                      str(d.get("reason", "apply")), int(d.get("revision", 0)), str(d.get("signature", "")))
+                      str(d.get("reason", "apply")), int(d.get("revision", 0)), str(d.get("signature", "")),
+                      d.get("user"))
+            if out.user is not None and not isinstance(out.user, str):
+                raise ValueError("user is not a string")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed decision: {exc}") from None
         if out.manifest is not None and not isinstance(out.manifest, dict):
