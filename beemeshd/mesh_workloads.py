@@ -274,6 +274,12 @@ class Workloads:
             if dp.workload.key == key and dp.pod in self.agent.observed:
                 ports[dp.replica] = [_port(dp.replica, p.host_ip, p.host_port, p.container_port, p.protocol)
                                      for p in dp.spec.ports]
+        if d is not None and (why := self.placement.refusal(d)):  # node-local policy: not here
+            for ordinal, (replica, peer) in enumerate(d.assignments):
+                if peer == self.peer_id:
+                    rows.append({"name": replica, "ordinal": ordinal, "peer": self.peer_id, "state": "refused",
+                                 "ready": False, "restarts": 0, "podId": None, "generation": d.generation,
+                                 "message": why, "containers": [], "lease": None})
         # No lease here: its expiry moves with every renewal, and a report is re-sent on any change
         # (members of the group show leases from their own table, see rows()).
         return [{**r, "ports": ports.get(r["name"], [])} for r in rows]

@@ -92,6 +92,11 @@ class Placement:
         self.trust.judges = self._judges
         # key -> {(replica, peer)} promised and not delivered in time: healing moves them
         self._overdue: dict[Key, set[tuple[str, str]]] = {}
+        # key -> ((generation, revision, signature), why or None): the node-local policies' verdict
+        # on the replicas a decision hands this peer (refusal())
+        self._verdicts: dict[Key, tuple[tuple, str | None]] = {}
+        # (key, replica) -> (peer, why): replicas their peer reported "refused" (healing moves them)
+        self._refused: dict[tuple[Key, str], tuple[str, str]] = {}
         self._own_rows: dict[Key, list[dict]] = {}  # our replicas' last status report, per workload
         self._own_gen: dict[Key, int] = {}  # ... and the generation it was about
         self.peer_id = catalog.self_id
@@ -220,12 +225,41 @@ class Placement:
         return w
 
     def wanted(self):
-        """What the local agent should run: (workload, generation, replica names)."""
-        for d, replicas in self.catalog.mine():
+        """What the local agent should run: (workload, generation, replica names). Not what this
+        peer's node-local policies refuse (see refusal)."""
+        mine = list(self.catalog.mine())
+        for key in [k for k in self._verdicts if k not in {d.key for d, _ in mine}]:
+            del self._verdicts[key]
+        for d, replicas in mine:
+            if self.refusal(d):
+                continue
             try:
                 yield self.workload(d), d.generation, replicas
             except errors.InvalidManifest as exc:  # a peer with a newer schema sent it
                 log.error("cannot run %s: %s", key_str(d.key), exc)
+
+    def refusal(self, d: Decision) -> str | None:
+        """Why this peer will not run the replicas `d` hands it (a node-local policy denies
+        them), or None. Bids are checked when asked, but a decision can hand a peer a replica it
+        was never asked about: one kept where it runs across a new generation (a new image, say),
+        or one a member placed without an auction. So the runner asks its policies again, once
+        per decision, with the user the decision names. What it refuses it reports as "refused"
+        and the healer places elsewhere; no trust is held against it."""
+        if self.bid_gate is None or d.deleted or all(p != self.peer_id for _, p in d.assignments):
+            return None
+        mark = (d.generation, d.revision, d.signature)
+        seen = self._verdicts.get(d.key)
+        if seen is not None and seen[0] == mark:
+            return seen[1]
+        try:
+            why = self.bid_gate(d.manifest, d.origin, d.user)
+        except Exception as exc:  # a broken policy must not let anything through
+            why = f"node-local policy failed: {exc}"
+        self._verdicts[d.key] = (mark, why)
+        if why:
+            log.warning("not running %s (generation %d, placed here by %s): %s", key_str(d.key), d.generation,
+                        d.origin, why)
+        return why
 
     def remote_ready(self, key: Key, replica: str) -> bool:
         """Whether a replica on another peer reported itself ready at the current generation."""
@@ -447,14 +481,21 @@ class Placement:
             for row in p["rows"]:
                 table[str(row["name"])] = (env.sender, dict(row), int(p["generation"]))
                 self._row_event(key, env.sender, row, before.get(str(row["name"])))
-                self._receipt(key, str(row["name"]), env.sender, str(row.get("state")))
+                self._receipt(key, str(row["name"]), env.sender, str(row.get("state")), str(row.get("message") or ""))
             self._signal(self._runs_here(self.catalog.entries.get(key)))
 
-    def _receipt(self, key: Key, replica: str, peer: str, state: str) -> None:
-        """Trust evidence from a status row (judged in the heal loop, see core/trust.py)."""
+    def _receipt(self, key: Key, replica: str, peer: str, state: str, message: str = "") -> None:
+        """Trust evidence from a status row (judged in the heal loop, see core/trust.py). A
+        replica its peer refuses (node-local policy) moves at once, without blame."""
         self.trust.reported(key, replica, peer, state, trio.current_time())
         if state in ("running", "ready"):
             self._overdue.get(key, set()).discard((replica, peer))
+        elif state == "refused":
+            d = self.catalog.entries.get(key)
+            if d is not None and d.peer_of(replica) == peer:
+                self._refused[(key, replica)] = (peer, message)
+                self._overdue.setdefault(key, set()).add((replica, peer))
+                self._heal_now.set()
 
     def _runs_elsewhere(self, key: Key, peer: str) -> bool:
         """Whether a peer other than `peer` reports this workload running (so a failure on
@@ -473,6 +514,8 @@ class Placement:
         if d.deleted:
             self.trust.released(d.key)
             self._overdue.pop(d.key, None)
+            for k in [k for k in self._refused if k[0] == d.key]:
+                del self._refused[k]
             return
         if not self._hears_status(d):  # no report would reach us: no promise to judge here
             return
@@ -528,7 +571,7 @@ class Placement:
         self._own_rows[key] = rows
         self._own_gen[key] = generation
         for row in rows:  # our own promises settle too (we hear our gossip from no one)
-            self._receipt(key, str(row["name"]), self.peer_id, str(row.get("state")))
+            self._receipt(key, str(row["name"]), self.peer_id, str(row.get("state")), str(row.get("message") or ""))
         payload = {"type": "status", "key": list(key), "generation": generation, "seq": self._seq, "rows": rows}
         if self.scoped(key):  # to the holders, and to the peer that decided (a Deploy may wait on it)
             d = self.catalog.entries.get(key)
@@ -614,7 +657,7 @@ class Placement:
                 if r not in lost:
                     held[p] = held.get(p, 0) + 1
             failed_here = frozenset(p for r, p in self._overdue.get(key, ()) if r in lost)
-            placed, rules, bids, declined = await self._auction(w, lost, held, avoid=failed_here)
+            placed, rules, bids, declined = await self._auction(w, lost, held, avoid=failed_here, user=d.user)
             if not all(placed.get(r) for r in lost):
                 self._stuck = True
             if not any(placed.values()):
@@ -624,7 +667,9 @@ class Placement:
             all_rules = dict(d.rules)
             for r in lost:
                 was = old.get(r)
+                refused = self._refused.pop((key, r), None)
                 why = ("was unplaced" if not was
+                       else f"peer {was} refused it: {refused[1]}" if refused and refused[0] == was
                        else f"peer {was} did not deliver it" if was in failed_here
                        else f"peer {was} is untrusted" if was in healthy else f"peer {was} is unreachable")
                 all_rules[r] = f"re-placed ({why}): {rules.get(r, '')}"

@@ -9,8 +9,9 @@ its own ledger without asking anyone. A decision that assigns a replica to a pee
                       replica was moved away — while the same workload ran on another peer: it
                       claimed it could run it, and could not
 - (no blame)          moved away before it was due and not failing (its peer died or was
-                      distrusted), deleted, or failing where the workload fails everywhere (the
-                      manifest's fault, not the peer's)
+                      distrusted), deleted, failing where the workload fails everywhere (the
+                      manifest's fault, not the peer's), or refused by the peer's node-local
+                      policy (it was placed there without a bid: kept across an update, say)
 and, outside promises:
 - invalid        −0.5 a signed message from it that was stale, replayed or malformed
 
@@ -104,6 +105,8 @@ class TrustBook:
             del self.promises[(key, replica)]
             self.settled[(key, replica)] = peer
             self.record(peer, DELIVERED, now)
+        elif state == "refused":  # its node-local policy says no: it never offered to run it
+            del self.promises[(key, replica)]
         elif state == "failed" and p.failing_since is None:
             self.promises[(key, replica)] = replace(p, failing_since=now)
 
