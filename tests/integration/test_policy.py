@@ -164,3 +164,46 @@ def test_node_local_deny_keeps_its_peer_out_and_survives_a_restart(policy_mesh):
 
 def bidders(decision) -> set:
     return {b["peer"] for b in decision["bids"]}
+
+
+NOT_FORBIDDEN = ('package beemesh.bid\n\nimport rego.v1\n\n'
+                 'deny contains "no forbidden tier here" if {\n'
+                 '\tinput.manifest.spec.template.metadata.labels.tier == "forbidden"\n}\n')
+
+
+def test_an_update_a_runners_policy_denies_moves_off_that_runner(policy_mesh):
+    """A replica kept where it runs across an update was never bid for again: its runner asks its
+    node-local policies itself, refuses, and the healer places it elsewhere."""
+    a, b, c = policy_mesh
+    ids = peer_ids(policy_mesh)
+    port = free_port()
+    r = a.call("Deploy", {"manifest": web("tiered", replicas=3, port=port), "wait": True, "timeoutSeconds": 90})
+    assert r.rc == 0, r.err
+    assert sorted(x["peer"] for x in r.json["workloads"][0]["replicaStatus"]) == sorted(ids)
+    rego = b.home / "not-forbidden.rego"
+    rego.write_text(NOT_FORBIDDEN)
+    shutil.chown(rego, b.user.uid, b.user.gid)
+    p = ctl(b, "policy", "set", "not-forbidden", str(rego))
+    assert p.returncode == 0, p.stderr
+
+    m = web("tiered", replicas=3, port=port)
+    m["spec"]["template"]["metadata"]["labels"]["tier"] = "forbidden"
+    r = a.call("Deploy", {"manifest": m, "wait": True, "timeoutSeconds": 90})
+    assert r.rc == 0, r.err
+
+    def moved():
+        w = c.call("Get", {"name": "tiered"}).json["workload"]
+        return (w["generation"] == 2 and w["readyReplicas"] == 3
+                and ids[1] not in {x["peer"] for x in w["replicaStatus"]})
+
+    wait_for(moved, timeout=60, what="the refused replica runs elsewhere")
+    wait_for(lambda: not any(p["Labels"]["io.beemesh.workload"] == "tiered" for p in labelled_pods(b)),
+             timeout=30, what="b removed its old pod")
+    ex = c.call("Explain", {"name": "tiered"}).json["explanation"]
+    rules = [d["rule"] for d in ex["decisions"] + ex["history"]]
+    assert any(f"re-placed (peer {ids[1]} refused it: policy not-forbidden denied: no forbidden tier here"
+               in rule for rule in rules), rules
+    for n in (a, c):  # refusing is no broken promise
+        r = n.call("ListPeers", {}, "--more")
+        seen = {x["peer"]["peerId"]: x["peer"] for x in r.lines}[ids[1]]
+        assert seen["receipts"]["undelivered"] == 0 and seen["receipts"]["contradicted"] == 0, seen
