@@ -31,6 +31,7 @@ def manager(user):
         yield Systemctl(user)
     finally:
         Systemctl(user)("stop", "beemeshd.socket", "beemeshd.service")
+        Systemctl(user)("disable", "beemeshd.socket")  # its sockets.target.wants link, too
         subprocess.run([str(ROOT / "scripts" / "user-manager.sh"), "stop"], timeout=60)
         shutil.rmtree(unit_dir / "beemeshd.service.d", ignore_errors=True)
         for name in ("beemeshd.socket", "beemeshd.service"):
