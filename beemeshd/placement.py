@@ -54,6 +54,7 @@ PROTO_PUSH = "/beemesh/event/1"
 SYNC_INTERVAL = 3.0
 HEAL_INTERVAL = 1.0
 HEAL_SWEEP = 5.0  # without news, a full healing pass this often (it costs O(peers + workloads))
+HEAL_RETRY, HEAL_RETRY_MAX = 2.0, 60.0  # the same failed re-placement is tried again after this (doubling)
 STATUS_REFRESH = 10.0
 SCOPED_KINDS = ("Deployment", "Pod")  # kinds whose news goes to holders and runners only in a large mesh
 FETCH_TIMEOUT = 2.0
@@ -647,10 +648,15 @@ class Placement:
             if key[1] == "StatefulSet" or self.catalog.healer(key, alive) != self.peer_id:
                 continue
             attempt = (d.order(), tuple(alive))
-            if self._heal_tried.get(key) == attempt:
+            tried = self._heal_tried.get(key)
+            same = tried is not None and tried[0] == attempt
+            if same and now < tried[1] + tried[2]:
                 self._stuck = True
-                continue  # nothing changed since the last try (e.g. still no capacity)
-            self._heal_tried[key] = attempt
+                continue  # nothing changed since the last try (e.g. still no capacity): later
+            # the same try again only after a back-off: bids can miss their window for a moment
+            # (peers busy starting pods), and a PeerJoined is not the only thing that frees room
+            wait = min(2 * tried[2], HEAL_RETRY_MAX) if same else HEAL_RETRY
+            self._heal_tried[key] = (attempt, now, wait)
             w = self.workload(d)
             held: dict[str, int] = {}
             for r, p in d.assignments:
@@ -661,6 +667,8 @@ class Placement:
             if not all(placed.get(r) for r in lost):
                 self._stuck = True
             if not any(placed.values()):
+                log.info("could not re-place %s of %s (%s); trying again in %g s", ", ".join(lost), key_str(key),
+                         "; ".join(f"{p}: {why}" for p, why in declined) or "no bids", wait)
                 continue
             old = dict(d.assignments)
             assignments = tuple((r, placed.get(r) if r in lost else old[r]) for r, _ in d.assignments)

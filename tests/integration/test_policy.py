@@ -188,7 +188,7 @@ def test_an_update_a_runners_policy_denies_moves_off_that_runner(policy_mesh):
 
     m = web("tiered", replicas=3, port=port)
     m["spec"]["template"]["metadata"]["labels"]["tier"] = "forbidden"
-    r = a.call("Deploy", {"manifest": m, "wait": True, "timeoutSeconds": 90})
+    r = a.call("Deploy", {"manifest": m})
     assert r.rc == 0, r.err
 
     def moved():
@@ -196,7 +196,15 @@ def test_an_update_a_runners_policy_denies_moves_off_that_runner(policy_mesh):
         return (w["generation"] == 2 and w["readyReplicas"] == 3
                 and ids[1] not in {x["peer"] for x in w["replicaStatus"]})
 
-    wait_for(moved, timeout=60, what="the refused replica runs elsewhere")
+    try:
+        wait_for(moved, timeout=60, what="the refused replica runs elsewhere")
+    except AssertionError:
+        print(json.dumps(c.call("Get", {"name": "tiered"}).json, indent=1))
+        print(json.dumps(c.call("Explain", {"name": "tiered"}).json, indent=1))
+        for n in (a, b, c):
+            print("=====", n.home, "\n", "\n".join(line for line in n.log_text().splitlines()
+                                                  if "tiered" in line or "heal" in line or "placing" in line))
+        raise
     wait_for(lambda: not any(p["Labels"]["io.beemesh.workload"] == "tiered" for p in labelled_pods(b)),
              timeout=30, what="b removed its old pod")
     ex = c.call("Explain", {"name": "tiered"}).json["explanation"]

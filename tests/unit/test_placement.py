@@ -132,6 +132,36 @@ async def test_dead_peer_replicas_are_placed_again(net, nursery, autojump_clock)
     assert any(d["rule"].startswith("re-placed") for d in history if d["replica"] in lost)
 
 
+async def test_a_heal_that_found_no_taker_is_tried_again(net, nursery, autojump_clock):
+    """Every survivor turns re-placements down for a while (bids can miss their window, peers
+    busy starting pods), until after the dead peer's last state change: the same re-placement is
+    tried again after a back-off, not only when a peer joins."""
+    peers = await mesh_of(nursery, net, 4)
+    a = peers[0]
+    await deploy(a, deployment(replicas=2, cpu="100m"))
+    victim = next(p for p in peers[1:] if p.runtime.pod_names())
+    busy_until = trio.current_time() + 10  # the victim is dead (and no longer news) well before
+    turned_down = []
+
+    def busy(manifest, origin, user):
+        if trio.current_time() < busy_until:
+            turned_down.append(trio.current_time())
+            return "busy for a moment"
+        return None
+
+    for p in peers:
+        if p is not victim:
+            p.placement.bid_gate = busy
+    victim.kill()
+    with trio.fail_after(60):
+        while True:
+            view = a.w.get("web", None, None)
+            if view["readyReplicas"] == 2 and all(r["peer"] != victim.id for r in view["replicaStatus"]):
+                break
+            await trio.sleep(0.1)
+    assert turned_down and trio.current_time() - busy_until < 15
+
+
 async def test_manifest_survives_its_origin(net, nursery, autojump_clock):
     a, b, c = await mesh_of(nursery, net, 3)
     await deploy(a, deployment(replicas=2, cpu="100m"))
