@@ -123,6 +123,7 @@ class Driver:
             g.members_changed()
 
     def member_dropped(self, group_id: str, node_id: str) -> None:
+        self._commit_sent.pop((group_id, node_id), None)
         g = self.groups.get(group_id)
         if g is not None:
             g.connected_ids.discard(node_id)

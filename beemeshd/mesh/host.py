@@ -79,6 +79,7 @@ if logging.getLogger("libp2p").getEffectiveLevel() >= logging.WARNING:
 
 RATE_LIMIT = 1000.0  # gossip messages per second, per forwarding peer and topic
 KEPT_IDLE = 60.0  # a kept request stream (MeshBase.handle(keep_streams=True)) idle this long is closed
+KEPT_PER_PEER = 2  # kept streams one peer may hold open here per protocol; more serve one request
 DHT_CONTACTS = 20  # Kademlia's k
 
 
@@ -161,6 +162,7 @@ class LibP2PMesh(MeshBase):
         self.dht = KadDHT(self.host, DHTMode.SERVER)
         self._pings: dict[str, object] = {}
         self._kept: dict[tuple[str, str], object] = {}  # (peer, protocol) -> an idle kept stream
+        self._kept_in: dict[tuple[str, str], int] = {}  # (peer, protocol) -> kept streams served here
         self._in_table: set[str] = set()
         self._token: trio.lowlevel.TrioToken | None = None
         self._mdns = None
@@ -355,7 +357,11 @@ class LibP2PMesh(MeshBase):
     async def _serve(self, stream) -> None:
         remote = stream.muxed_conn.peer_id.to_base58()
         protocol = str(stream.get_protocol())
-        keep = protocol in self._keep_streams
+        key = (remote, protocol)
+        # a member keeps at most KEPT_PER_PEER streams of a protocol open here (the tasks they hold)
+        keep = protocol in self._keep_streams and self._kept_in.get(key, 0) < KEPT_PER_PEER
+        if keep:
+            self._kept_in[key] = self._kept_in.get(key, 0) + 1
         served = 0
         try:
             while True:
@@ -379,6 +385,11 @@ class LibP2PMesh(MeshBase):
             log.debug("%s stream from %s: %r", protocol, remote, exc)
             with trio.move_on_after(0.5):
                 await stream.reset()
+        finally:
+            if keep:
+                left = self._kept_in.pop(key) - 1
+                if left:
+                    self._kept_in[key] = left
 
     # --- membership -------------------------------------------------------------------------------
 

@@ -52,3 +52,40 @@ async def test_kept_streams_are_reused_and_a_broken_one_is_replaced(nursery):
     assert await a.request(b.peer_id, KEEP, {"n": 8}, 5) == {"n": 16}
     assert streams[KEEP] == 2
     nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_keeps_at_most_two_streams_of_a_protocol_open_here(nursery):
+    """More kept streams than KEPT_PER_PEER from one peer are served once and closed: a member
+    cannot hold many tasks here by opening streams."""
+    from libp2p.io.utils import read_exactly
+    from libp2p.peer.id import ID
+
+    from beemeshd.mesh.host import KEPT_PER_PEER
+
+    a = LibP2PMesh(os.urandom(32), listen=["/ip4/127.0.0.1/tcp/0"])
+    b = LibP2PMesh(os.urandom(32), listen=["/ip4/127.0.0.1/tcp/0"])
+
+    async def handler(env):
+        return {"n": env.payload["n"]}
+
+    for mesh in (a, b):
+        mesh.handle(KEEP, handler, keep_streams=True)
+    await nursery.start(a.run)
+    b.bootstrap = [(a.peer_id, a.addresses())]
+    await nursery.start(b.run)
+    with trio.fail_after(20):
+        while not any(p.state == "alive" for p in a.peers()):
+            await trio.sleep(0.05)
+    streams = [await a.host.new_stream(ID.from_base58(b.peer_id), [KEEP]) for _ in range(KEPT_PER_PEER + 2)]
+    for i, s in enumerate(streams):  # one request on each, by hand
+        raw = a.signer.seal(KEEP, "req", {"n": i}, a._wall())
+        await s.write(len(raw).to_bytes(4, "big") + raw)
+        size = int.from_bytes(await read_exactly(s, 4), "big")
+        await read_exactly(s, size)
+    await trio.sleep(0.2)
+    assert b._kept_in[(a.peer_id, KEEP)] == KEPT_PER_PEER  # the others were answered and closed
+    for s in streams:
+        await s.reset()
+    await trio.sleep(0.2)
+    assert (a.peer_id, KEEP) not in b._kept_in  # and every kept one is let go once it breaks
+    nursery.cancel_scope.cancel()
