@@ -81,15 +81,17 @@ class RaftTiming:
     compact_seconds: float = 300.0  # ... or age
 
     def driver_args(self, rate: float = 1.0) -> dict:
-        """The Driver's timers (`rate`: a simulated peer's clock rate)."""
-        return {"tick": self.tick * rate, "poll": self.pulse * rate, "suspect": self.suspect * rate,
-                "hurry_step": self.hurry_step * rate}
+        """The Driver's timers (`rate`: a simulated peer's clock rate). Frames go out every pulse,
+        or every heartbeat if that is shorter: heartbeats that waited for a slower pulse would
+        reach followers late, and with short election timeouts depose healthy leaders."""
+        return {"tick": self.tick * rate, "poll": min(self.pulse, self.heartbeat) * rate,
+                "suspect": self.suspect * rate, "hurry_step": self.hurry_step * rate}
 
     @property
     def hurry_step(self) -> float:
         """How long each member waits after the one ranked before it: long enough for that one's
         vote request to arrive (it rides on the next pulse at the latest)."""
-        return 2 * self.pulse + self.tick
+        return 2 * min(self.pulse, self.heartbeat) + self.tick
 
     def conf(self, on_state_changed) -> SyncObjConf:
         return SyncObjConf(
