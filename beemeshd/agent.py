@@ -272,13 +272,13 @@ class Agent:
             if self.available is False:
                 message = f"runtime unavailable: {self.last_error}"
             probed = {c.name for c in d.workload.template.containers if c.readiness_probe is not None}
-            rows.append(_replica_row(d.replica, d.ordinal, d.generation, state, ready, message, pod, m,
+            rows.append(replica_row(d.replica, d.ordinal, d.generation, state, ready, message, pod, m,
                                      peer_id if pod is not None else None, probed))
         for name, pod in sorted(self.observed.items()):
             lb = pod.labels
             if name in self.desired or (lb.get(render.NAMESPACE), lb.get(render.KIND), lb.get(render.WORKLOAD)) != w.key:
                 continue
-            rows.append(_replica_row(lb.get(render.REPLICA, name), int(lb.get(render.ORDINAL, "0")),
+            rows.append(replica_row(lb.get(render.REPLICA, name), int(lb.get(render.ORDINAL, "0")),
                                      int(lb.get(render.GENERATION, "0")), "stopping", False, "being removed",
                                      pod, self._mem(name), peer_id))
         return rows
@@ -304,7 +304,7 @@ class Agent:
                 if (p.labels.get(render.NAMESPACE), p.labels.get(render.KIND), p.labels.get(render.WORKLOAD)) == key]
 
 
-def _replica_row(replica, ordinal, generation, state, ready, message, pod, m, peer_id, probed=frozenset()) -> dict:
+def replica_row(replica, ordinal, generation, state, ready, message, pod, m, peer_id, probed=frozenset()) -> dict:
     containers = []
     if pod is not None:
         for oc in pod.containers:

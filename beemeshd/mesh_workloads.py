@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import trio
 
 from beemeshd import errors, logstream
-from beemeshd.agent import Agent
+from beemeshd.agent import Agent, replica_row
+from beemeshd.core import reconcile as rc
 from beemeshd.core import render
 from beemeshd.core.catalog import Decision
 from beemeshd.events import EventBus
@@ -277,9 +278,8 @@ class Workloads:
         if d is not None and (why := self.placement.refusal(d)):  # node-local policy: not here
             for ordinal, (replica, peer) in enumerate(d.assignments):
                 if peer == self.peer_id:
-                    rows.append({"name": replica, "ordinal": ordinal, "peer": self.peer_id, "state": "refused",
-                                 "ready": False, "restarts": 0, "podId": None, "generation": d.generation,
-                                 "message": why, "containers": [], "lease": None})
+                    rows.append(replica_row(replica, ordinal, d.generation, "refused", False, why, None,
+                                            rc.ReplicaMemory(), self.peer_id))
         # No lease here: its expiry moves with every renewal, and a report is re-sent on any change
         # (members of the group show leases from their own table, see rows()).
         return [{**r, "ports": ports.get(r["name"], [])} for r in rows]

@@ -96,8 +96,6 @@ class Placement:
         # key -> ((generation, revision, signature), why or None): the node-local policies' verdict
         # on the replicas a decision hands this peer (refusal())
         self._verdicts: dict[Key, tuple[tuple, str | None]] = {}
-        # (key, replica) -> (peer, why): replicas their peer reported "refused" (healing moves them)
-        self._refused: dict[tuple[Key, str], tuple[str, str]] = {}
         self._own_rows: dict[Key, list[dict]] = {}  # our replicas' last status report, per workload
         self._own_gen: dict[Key, int] = {}  # ... and the generation it was about
         self.peer_id = catalog.self_id
@@ -229,7 +227,8 @@ class Placement:
         """What the local agent should run: (workload, generation, replica names). Not what this
         peer's node-local policies refuse (see refusal)."""
         mine = list(self.catalog.mine())
-        for key in [k for k in self._verdicts if k not in {d.key for d, _ in mine}]:
+        keys = {d.key for d, _ in mine}
+        for key in [k for k in self._verdicts if k not in keys]:
             del self._verdicts[key]
         for d, replicas in mine:
             if self.refusal(d):
@@ -482,10 +481,10 @@ class Placement:
             for row in p["rows"]:
                 table[str(row["name"])] = (env.sender, dict(row), int(p["generation"]))
                 self._row_event(key, env.sender, row, before.get(str(row["name"])))
-                self._receipt(key, str(row["name"]), env.sender, str(row.get("state")), str(row.get("message") or ""))
+                self._receipt(key, str(row["name"]), env.sender, str(row.get("state")))
             self._signal(self._runs_here(self.catalog.entries.get(key)))
 
-    def _receipt(self, key: Key, replica: str, peer: str, state: str, message: str = "") -> None:
+    def _receipt(self, key: Key, replica: str, peer: str, state: str) -> None:
         """Trust evidence from a status row (judged in the heal loop, see core/trust.py). A
         replica its peer refuses (node-local policy) moves at once, without blame."""
         self.trust.reported(key, replica, peer, state, trio.current_time())
@@ -494,7 +493,6 @@ class Placement:
         elif state == "refused":
             d = self.catalog.entries.get(key)
             if d is not None and d.peer_of(replica) == peer:
-                self._refused[(key, replica)] = (peer, message)
                 self._overdue.setdefault(key, set()).add((replica, peer))
                 self._heal_now.set()
 
@@ -504,10 +502,13 @@ class Placement:
         d = self.catalog.entries.get(key)
         if d is None:
             return False
-        rows = [(who, row) for who, row, _ in self.status.get(key, {}).values()]
-        rows += [(self.peer_id, row) for row in self._own_rows.get(key, ())]
         return any(who != peer and row.get("state") in ("running", "ready") and d.peer_of(str(row.get("name"))) == who
-                   for who, row in rows)
+                   for who, row in self._reports(key))
+
+    def _reports(self, key: Key) -> list[tuple[str, dict]]:
+        """(peer, status row) for a workload: what runners reported, and our own replicas'."""
+        rows = [(who, row) for who, row, _ in self.status.get(key, {}).values()]
+        return rows + [(self.peer_id, row) for row in self._own_rows.get(key, ())]
 
     def _promises(self, before: Decision | None, d: Decision) -> None:
         """Keep the trust ledger's promises in step with the catalog."""
@@ -515,8 +516,6 @@ class Placement:
         if d.deleted:
             self.trust.released(d.key)
             self._overdue.pop(d.key, None)
-            for k in [k for k in self._refused if k[0] == d.key]:
-                del self._refused[k]
             return
         if not self._hears_status(d):  # no report would reach us: no promise to judge here
             return
@@ -572,7 +571,7 @@ class Placement:
         self._own_rows[key] = rows
         self._own_gen[key] = generation
         for row in rows:  # our own promises settle too (we hear our gossip from no one)
-            self._receipt(key, str(row["name"]), self.peer_id, str(row.get("state")), str(row.get("message") or ""))
+            self._receipt(key, str(row["name"]), self.peer_id, str(row.get("state")))
         payload = {"type": "status", "key": list(key), "generation": generation, "seq": self._seq, "rows": rows}
         if self.scoped(key):  # to the holders, and to the peer that decided (a Deploy may wait on it)
             d = self.catalog.entries.get(key)
@@ -673,11 +672,12 @@ class Placement:
             old = dict(d.assignments)
             assignments = tuple((r, placed.get(r) if r in lost else old[r]) for r, _ in d.assignments)
             all_rules = dict(d.rules)
+            refused = {str(row.get("name")): (who, row.get("message")) for who, row in self._reports(key)
+                       if row.get("state") == "refused"}
             for r in lost:
                 was = old.get(r)
-                refused = self._refused.pop((key, r), None)
                 why = ("was unplaced" if not was
-                       else f"peer {was} refused it: {refused[1]}" if refused and refused[0] == was
+                       else f"peer {was} refused it: {refused[r][1]}" if refused.get(r, ("",))[0] == was
                        else f"peer {was} did not deliver it" if was in failed_here
                        else f"peer {was} is untrusted" if was in healthy else f"peer {was} is unreachable")
                 all_rules[r] = f"re-placed ({why}): {rules.get(r, '')}"

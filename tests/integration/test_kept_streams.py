@@ -13,6 +13,16 @@ from beemeshd.mesh.host import LibP2PMesh
 KEEP, ONCE = "/beemesh-test/keep/1", "/beemesh-test/once/1"
 
 
+async def start_pair(nursery, a: LibP2PMesh, b: LibP2PMesh) -> None:
+    """Run both, b bootstrapped from a, until a sees b alive."""
+    await nursery.start(a.run)
+    b.bootstrap = [(a.peer_id, a.addresses())]
+    await nursery.start(b.run)
+    with trio.fail_after(20):
+        while not any(p.state == "alive" for p in a.peers()):
+            await trio.sleep(0.05)
+
+
 async def test_kept_streams_are_reused_and_a_broken_one_is_replaced(nursery):
     a = LibP2PMesh(os.urandom(32), listen=["/ip4/127.0.0.1/tcp/0"])
     b = LibP2PMesh(os.urandom(32), listen=["/ip4/127.0.0.1/tcp/0"])
@@ -32,12 +42,7 @@ async def test_kept_streams_are_reused_and_a_broken_one_is_replaced(nursery):
                 seen.append((protocol, env.payload["n"]))
                 return {"n": env.payload["n"] * 2}
             mesh.handle(protocol, handler, keep_streams=keep)
-    await nursery.start(a.run)
-    b.bootstrap = [(a.peer_id, a.addresses())]
-    await nursery.start(b.run)
-    with trio.fail_after(20):
-        while not any(p.state == "alive" for p in a.peers()):
-            await trio.sleep(0.05)
+    await start_pair(nursery, a, b)
 
     for n in range(5):
         assert await a.request(b.peer_id, KEEP, {"n": n}, 5) == {"n": 2 * n}
@@ -70,12 +75,7 @@ async def test_a_peer_keeps_at_most_two_streams_of_a_protocol_open_here(nursery)
 
     for mesh in (a, b):
         mesh.handle(KEEP, handler, keep_streams=True)
-    await nursery.start(a.run)
-    b.bootstrap = [(a.peer_id, a.addresses())]
-    await nursery.start(b.run)
-    with trio.fail_after(20):
-        while not any(p.state == "alive" for p in a.peers()):
-            await trio.sleep(0.05)
+    await start_pair(nursery, a, b)
     streams = [await a.host.new_stream(ID.from_base58(b.peer_id), [KEEP]) for _ in range(KEPT_PER_PEER + 2)]
     for i, s in enumerate(streams):  # one request on each, by hand
         raw = a.signer.seal(KEEP, "req", {"n": i}, a._wall())

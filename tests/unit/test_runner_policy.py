@@ -73,10 +73,11 @@ async def test_a_decision_made_without_an_auction_does_not_bypass_node_policy(ne
     heard = []
     receipt = third.placement._receipt
 
-    def record(key, replica, peer, state, message=""):
+    def record(key, replica, peer, state):  # (the row is in third's status table by now)
         if peer == strict.id:
-            heard.append((replica, state, message))
-        receipt(key, replica, peer, state, message)
+            row = third.placement.status.get(key, {}).get(replica, (None, {}, 0))[1]
+            heard.append((replica, state, row.get("message") or ""))
+        receipt(key, replica, peer, state)
 
     third.placement._receipt = record
     await first.placement.commit(made_up)
