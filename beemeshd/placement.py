@@ -25,6 +25,11 @@
   replicas are not moved (they wait for leases, issue 9) and say so.
 - Anti-entropy: every SYNC_INTERVAL a peer swaps catalog digests with a random live peer, so a
   restarted or partitioned peer catches up on decisions it missed.
+- Partial views (a mesh beyond the membership's view_max, core/routing.py): a peer no longer
+  knows every peer, so before it pushes a workload's news to its holders it looks them up
+  (`locate`: a Kademlia lookup, cached LOCATE_TTL); a holder knows its co-holders (they are in
+  its neighbourhood) and pins the workload's runners in its view, so it notices their death
+  and heals. A peer the view does not hold is not taken for dead.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import trio
 
 from beemeshd import errors
 from beemeshd.core import scheduler as sch
-from beemeshd.core.catalog import DECISION_DOMAIN, Catalog, Decision, Key, holders
+from beemeshd.core.catalog import DECISION_DOMAIN, Catalog, Decision, Key, holders, point_of
 from beemeshd.core.manifest import parse_manifest
 from beemeshd.core.protocol import MAX_ENVELOPE, TOPIC_EVENTS, Rejected, canonical
 from beemeshd.core.trust import INVALID, TrustBook
@@ -58,6 +63,7 @@ HEAL_RETRY, HEAL_RETRY_MAX = 2.0, 60.0  # the same failed re-placement is tried 
 STATUS_REFRESH = 10.0
 SCOPED_KINDS = ("Deployment", "Pod")  # kinds whose news goes to holders and runners only in a large mesh
 FETCH_TIMEOUT = 2.0
+LOCATE_TTL = 30.0  # a partial view: how long a lookup of a workload's holders is trusted
 LIST_DEADLINE = 5.0  # a List in a large mesh answers with what came back by then
 
 
@@ -115,6 +121,7 @@ class Placement:
         self._size: int | None = None  # healthy peers, likewise cached
         self._handed: dict[Key, frozenset[str]] = {}  # the holders each held workload was last pushed to
         self._borrowed: set[Key] = set()  # copies taken while this peer kept nothing of them
+        self._located: dict[Key, tuple[float, list[str]]] = {}  # partial views: key -> (until, holders)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -172,10 +179,21 @@ class Placement:
         return sorted([self.peer_id, *self.mesh.peer_ids(ok)])
 
     def size(self) -> int:
-        """Healthy peers, this one included (cached until the next peer event)."""
+        """Healthy peers, this one included (cached until the next peer event); in a partial
+        view, the mesh's size as the view suggests it."""
         if self._size is None:
-            self._size = len(self.healthy())
+            self._size = round(self.mesh.size_estimate()) if self.partial() else len(self.healthy())
         return self._size
+
+    def partial(self) -> bool:
+        """Whether this peer's view holds only part of the mesh (core/routing.py)."""
+        return getattr(getattr(self.mesh, "membership", None), "partial", False)
+
+    def up(self, peer: str | None) -> bool:
+        """Whether a replica on `peer` stays put: it is healthy here — or, in a partial view,
+        not held here at all (not tracked is not dead: its holders watch it)."""
+        state = self.mesh.peer_state(peer) if peer else "none"
+        return state in ("self", "alive", "suspect") or (state is None and self.partial())
 
     def scoped(self, key: Key) -> bool:
         """Whether this workload's news goes to its holders and runners only (a large mesh)."""
@@ -188,8 +206,34 @@ class Placement:
         if hs is None:
             if len(self._holders) > 4096:
                 self._holders.clear()
-            hs = self._holders[key] = holders(key, self.healthy(), self.catalog.k)
+            hs = holders(key, self.healthy(), self.catalog.k)
+            found = self._located.get(key)
+            if found is not None and found[0] > trio.current_time():  # a partial view: looked up
+                ok = set(self.healthy())
+                hs = [p for p in found[1] if p in ok or self.mesh.peer_state(p) is None] or hs
+            self._holders[key] = hs
         return hs
+
+    async def locate(self, key: Key) -> list[str]:
+        """The workload's holders, looked up across the mesh when this peer's view is partial
+        (cached LOCATE_TTL); holders_of otherwise."""
+        now = trio.current_time()
+        found = self._located.get(key)
+        if self.partial() and (found is None or found[0] <= now):
+            hs = await self.mesh.lookup(point_of(key), self.catalog.k)
+            if len(self._located) > 4096:
+                self._located.clear()
+            self._located[key] = (now + LOCATE_TTL, hs)
+            self._holders.pop(key, None)
+        return self.holders_of(key)
+
+    def _pins(self) -> set[str]:
+        """Peers a partial view must keep watching: the runners of the workloads this peer holds."""
+        out: set[str] = set()
+        for key, d in self.catalog.entries.items():
+            if not d.deleted and self.peer_id in self.holders_of(key):
+                out.update(p for _, p in d.assignments if p)
+        return out
 
     def keeper(self, key: Key) -> bool:
         """A holder of the workload or a peer that runs it: every change reaches it."""
@@ -294,9 +338,8 @@ class Placement:
                     raise errors.InvalidManifest("metadata.name", f"{other} {w.namespace}/{w.name} already exists; "
                                                  "its pods would share names")
         generation = cur.generation + 1 if cur is not None else 1
-        alive = set(self.alive())
         keep = {r: p for r, p in (cur.assignments if cur is not None and cur_w is not None else ())
-                if p in alive}
+                if self.up(p)}
         replicas = list(w.replica_names())
         keep = {r: p for r, p in keep.items() if r in replicas}
         todo = [r for r in replicas if r not in keep]
@@ -332,7 +375,7 @@ class Placement:
         payload = {"type": "decision", "decision": d.to_wire()}
         if self.scoped(d.key):  # its holders, and whoever ran or now runs a replica
             runners = {p for _, p in d.assignments} | {p for _, p in (before.assignments if before else ())}
-            self._push_to(set(self.holders_of(d.key)) | runners, payload)
+            self._push_to(set(await self.locate(d.key)) | runners, payload)
             self._handed[d.key] = frozenset(self.holders_of(d.key))
         else:
             await self._announce(payload)
@@ -562,8 +605,7 @@ class Placement:
                 self.events.publish(make_event("ReplicaPlaced", namespace=ns, name=name, replica=replica, peer=peer,
                                                generation=d.generation, message=dict(d.rules).get(replica)))
         self._signal(self._runs_here(before) or self._runs_here(d))
-        if not d.deleted and any(p is None or self.mesh.peer_state(p) not in ("self", "alive", "suspect")
-                                 for _, p in d.assignments):
+        if not d.deleted and any(not self.up(p) for _, p in d.assignments):
             self._heal_now.set()  # decided with an older view, or a replica nobody could take
 
     async def publish_status(self, key: Key, generation: int, rows: list[dict]) -> None:
@@ -575,7 +617,7 @@ class Placement:
         payload = {"type": "status", "key": list(key), "generation": generation, "seq": self._seq, "rows": rows}
         if self.scoped(key):  # to the holders, and to the peer that decided (a Deploy may wait on it)
             d = self.catalog.entries.get(key)
-            self._push_to(set(self.holders_of(key)) | ({d.origin} if d is not None else set()), payload)
+            self._push_to(set(await self.locate(key)) | ({d.origin} if d is not None else set()), payload)
         else:
             await self._announce(payload)
 
@@ -629,7 +671,11 @@ class Placement:
             alive = [p for p in healthy if p not in distrusted]
         else:
             alive = [p for p in healthy if self.trust.trusted(p, now)]
-        orphans = self.catalog.orphaned(set(alive))
+        up = set(alive)
+        if self.partial():  # runners this view does not hold are not orphans (their holders watch them)
+            up.update(p for d in self.catalog.live() for _, p in d.assignments
+                      if p and self.mesh.peer_state(p) is None)
+        orphans = self.catalog.orphaned(up)
         self._stuck = False
         for key, late in list(self._overdue.items()):  # promised, never delivered: move them too
             d = self.catalog.entries.get(key)
@@ -702,7 +748,7 @@ class Placement:
     async def _fetch(self, keys: list[Key]) -> None:
         asks: dict[str, list[Key]] = {}
         for key in keys:
-            for h in self.holders_of(key):
+            for h in await self.locate(key):
                 if h != self.peer_id:
                     asks.setdefault(h, []).append(key)
 
@@ -791,6 +837,8 @@ class Placement:
     async def _sync_loop(self) -> None:
         while True:
             self._hand_over()
+            if self.partial():
+                self.mesh.pin(self._pins())
             others = [p for p in self.alive() if p != self.peer_id]
             if others:
                 peer = others[int(trio.current_time() * 1000) % len(others)]

@@ -15,11 +15,11 @@ peer that took the Deploy is gone.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import heapq
 from dataclasses import dataclass, field
 
+from beemeshd.core import routing
 from beemeshd.core.protocol import verify_detached
 
 Key = tuple[str, str, str]  # (namespace, kind, name)
@@ -103,11 +103,12 @@ class Decision:
         return out
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _point(name: str) -> int:
-    """Where a peer id or workload key sits in the 256-bit XOR space (cached: every peer asks
-    who heals each orphaned workload, over every live peer)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest(), "big")
+_point = routing.point  # cached: every peer asks who heals each orphaned workload, over every live peer
+
+
+def point_of(key: Key) -> int:
+    """Where a workload sits in the XOR space (its holders are the peers nearest to it)."""
+    return _point("/".join(key))
 
 
 def distance(key: Key, peer_id: str) -> int:

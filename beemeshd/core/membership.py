@@ -42,6 +42,13 @@ likely to stay). `contacts(k)` draws k alive peers without replacement with prob
 proportional to 1 + the seconds this peer has *observed* them continuously alive (capped at a
 day). Observed, not claimed: a peer cannot buy preference by reporting a long uptime. The mesh
 uses it to pick DHT routing-table contacts (and later relay candidates).
+
+Partial views (core/routing.py): once the view reaches `view_max` members it stops holding
+everyone. It keeps a Kademlia table — the `near` closest peers, `bucket_size` per bucket
+(longest alive first), and the pinned peers (`pins`: whatever the caller must watch, e.g. the
+runners of workloads it holds) — and admits a newcomer only where it fits. Everything else is
+found by lookups. Pinned peers are probed every interval. The view returns to holding everyone
+when the mesh looks smaller than view_max / 2 (`size_estimate`, from the neighbourhood's density).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ import heapq
 import math
 import random
 from dataclasses import dataclass
+
+from beemeshd.core import routing
 
 SELF, PENDING, ALIVE, SUSPECT, DEAD = "self", "pending", "alive", "suspect", "dead"
 JOINED, SUSPECTED, LEFT = "PeerJoined", "PeerSuspect", "PeerLeft"
@@ -69,6 +78,10 @@ class Timings:
     # peers an interval (SWIM): each peer is still probed by ~probe_fanout others an interval.
     probe_fanout: int = 4
     probe_all: int = 16
+    # Beyond view_max members the view becomes a Kademlia table (0: always hold everyone).
+    view_max: int = 1024
+    near: int = 16
+    bucket_size: int = 8
 
     def __post_init__(self):
         if not 0 < self.ping_interval <= self.suspect_after < self.dead_after:
@@ -78,6 +91,10 @@ class Timings:
             raise ValueError("need 0 < redial_min ≤ redial_max")
         if self.probe_fanout < 0 or self.probe_all < 0:
             raise ValueError("need probe_fanout ≥ 0 and probe_all ≥ 0")
+        if self.view_max < 0 or self.near < 1 or self.bucket_size < 1:
+            raise ValueError("need view_max ≥ 0, near ≥ 1 and bucket_size ≥ 1")
+        if self.view_max and self.view_max <= self.near + self.bucket_size:
+            raise ValueError(f"need view_max > near + bucket_size (got {self.view_max})")
 
 
 class Member:
@@ -126,6 +143,10 @@ class Membership:
         self._order: list[str] = []
         self._pos = 0
         self._outbox: list[tuple[str, str, int]] = []
+        self.partial = False  # a Kademlia table, not everyone (see the module docstring)
+        self.pins: set[str] = set()
+        self._me = routing.point(self_id)
+        self._trimmed_at = -math.inf
 
     @property
     def bounded(self) -> bool:
@@ -138,7 +159,12 @@ class Membership:
             return []
         m = self.members.get(peer_id)
         if m is None:
+            if not self._admits(peer_id):
+                return []
             m = self.members[peer_id] = Member(peer_id, now)
+            self._grown(now)
+            if peer_id not in self.members:  # the view just became a table without it
+                return []
         m.last_heard = max(m.last_heard, now)
         if m.since is not None or m.state == PENDING:
             m.since, m.by_rumour = None, False
@@ -158,8 +184,13 @@ class Membership:
             return False
         m = self.members.get(peer_id)
         if m is None:
+            if not self._admits(peer_id):
+                return False
             m = self.members[peer_id] = Member(peer_id, now)
             self._watch[peer_id] = None  # pending: probed every interval until heard or forgotten
+            self._grown(now)
+            if peer_id not in self.members:
+                return False
         if seq <= m.record_seq:
             return False
         m.record, m.record_raw, m.record_seq, m.record_at = record, raw, seq, now
@@ -176,12 +207,87 @@ class Membership:
         self._watch.pop(peer_id, None)
         return [(LEFT, peer_id)] if m is not None and m.state in (ALIVE, SUSPECT) else []
 
+    def absent(self, peer_id: str, now: float) -> None:
+        """A pinned peer that a lookup did not find: dead as far as this peer knows (so work
+        assigned to it is re-placed), redialled like any dead peer."""
+        if peer_id == self.self_id or peer_id in self.members:
+            return
+        m = self.members[peer_id] = Member(peer_id, now)
+        m.last_heard = now
+        self._die(m, now)
+
+    # --- partial views (see the module docstring) -----------------------------------------------
+
+    TRIM_EVERY = 5.0
+
+    def _admits(self, peer_id: str) -> bool:
+        """Whether a peer not in the view may enter it: always in a full view; in a partial one
+        if pinned, among the `near` closest, or its bucket has room."""
+        if not self.partial or peer_id in self.pins:
+            return True
+        p = routing.point(peer_id)
+        d, b = self._me ^ p, routing.bucket(self._me, p)
+        closer = same = 0
+        for other, m in self.members.items():
+            if m.state == DEAD:
+                continue
+            q = routing.point(other)
+            closer += (self._me ^ q) < d
+            same += routing.bucket(self._me, q) == b
+        return closer < self.timings.near or same < self.timings.bucket_size
+
+    def _grown(self, now: float) -> None:
+        """After a member was added: become partial once view_max peers are alive or pending
+        (the dead are not counted; counting them costs O(n), so at most every TRIM_EVERY)."""
+        t = self.timings
+        if (self.partial or not t.view_max or len(self.members) < t.view_max
+                or now - self._trimmed_at < self.TRIM_EVERY):
+            return
+        self._trimmed_at = now
+        if sum(m.state != DEAD for m in self.members.values()) >= t.view_max:
+            self.partial = True
+            self.trim(now)
+
+    def trim(self, now: float) -> int:
+        """Drop what a partial view does not keep (the dead too, unless pinned); how many.
+        Not PeerLeft: a peer no longer tracked here has not left the mesh."""
+        t = self.timings
+        live = [(pid, m.state == ALIVE, m.alive_since) for pid, m in self.members.items() if m.state != DEAD]
+        keep = routing.table(self._me, live, t.near, t.bucket_size) | self.pins
+        gone = [pid for pid in self.members if pid not in keep]
+        for pid in gone:
+            del self.members[pid]
+            self._watch.pop(pid, None)
+        self._trimmed_at = now
+        return len(gone)
+
+    def size_estimate(self) -> float:
+        """The mesh's size as this view suggests it, this peer included: exact in a full view."""
+        live = [pid for pid, m in self.members.items() if m.state not in (DEAD, PENDING)]
+        if not self.partial:
+            return float(len(live) + 1)
+        return routing.size_estimate(self._me, live, self.timings.near)
+
+    def closest_records(self, target: int, k: int) -> list[bytes]:
+        """The signed records of the k live peers nearest to target (a lookup's answer)."""
+        held = (pid for pid, m in self.members.items() if m.record_raw and m.state in (ALIVE, SUSPECT))
+        return [self.members[pid].record_raw for pid in routing.closest(target, held, k)]
+
+    def closest(self, target: int, k: int) -> list[str]:
+        """The k live peers nearest to target that this view holds."""
+        return routing.closest(target, (pid for pid, m in self.members.items() if m.state in (ALIVE, SUSPECT)), k)
+
     # --- time ---------------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[tuple[str, str]]:
         t = self.timings
         late = 0.0 if self._last_tick is None else now - self._last_tick - t.ping_interval
         self._last_tick = now
+        if self.partial and now - self._trimmed_at >= self.TRIM_EVERY:
+            if self.size_estimate() < t.view_max / 2:
+                self.partial = False  # the mesh shrank: hold everyone again
+            else:
+                self.trim(now)
         if self.bounded:
             if not self._was_bounded:  # the view just grew past probe_all: queue the dead
                 self._redials = [(m.next_probe, pid) for pid, m in self.members.items() if m.state == DEAD]
@@ -303,6 +409,13 @@ class Membership:
         fresh = t.ping_interval / 2
         out = [pid for pid in self._watch if (m := self.members.get(pid)) is not None
                and m.state != DEAD and now - m.last_heard >= fresh]
+        if self.partial:  # pinned peers: every interval (their death must be noticed here, soon)
+            for pid in self.pins:
+                m = self.members.get(pid)
+                if m is not None and m.state == ALIVE and pid not in self._watch and now - m.last_heard >= fresh:
+                    m.since = now
+                    self._watch[pid] = None
+                    out.append(pid)
         picked, budget = 0, len(self.members) + 1
         while picked < t.probe_fanout and budget > 0:
             if self._pos >= len(self._order):  # a new round: every alive peer once, shuffled

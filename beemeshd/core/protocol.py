@@ -295,19 +295,37 @@ def validate_record(payload: dict) -> dict:
     return payload
 
 
-def sync_payload(records: list[bytes], known: dict[str, int] | None = None) -> dict:
+def sync_payload(records: list[bytes], known: dict[str, int] | None = None, near: int | None = None) -> dict:
     """A view-sync message: signed record envelopes exactly as their owners signed them, and
-    optionally a digest {peer id: record seq} of what the sender knows (asking for the rest)."""
+    optionally a digest {peer id: record seq} of what the sender knows (asking for the rest), or
+    `near`: a point of the XOR space (core/routing.py), asking for the records of the peers
+    nearest to it that the other side holds (a lookup step in a partial view)."""
     payload: dict = {"records": [base64.b64encode(r).decode() for r in records]}
     if known is not None:
         payload["known"] = known
+    if near is not None:
+        payload["near"] = f"{near:064x}"
     return payload
+
+
+def sync_near(payload: dict) -> int | None:
+    """The point a sync message asks about (None: it asks for no neighbourhood); Malformed
+    unless 64 hex digits."""
+    near = payload.get("near") if isinstance(payload, dict) else None
+    if near is None:
+        return None
+    if not isinstance(near, str) or len(near) != 64:
+        raise Malformed("sync 'near' must be 64 hex digits")
+    try:
+        return int(near, 16)
+    except ValueError:
+        raise Malformed("sync 'near' must be 64 hex digits") from None
 
 
 def sync_records(payload: dict, limit: int = 10_000) -> tuple[list[bytes], dict[str, int] | None]:
     """(record envelopes, digest or None); Malformed unless exactly that shape."""
-    if not isinstance(payload, dict) or not {"records"} <= set(payload) <= {"records", "known"}:
-        raise Malformed("sync payload must be {'records': [...], 'known'?: {...}}")
+    if not isinstance(payload, dict) or not {"records"} <= set(payload) <= {"records", "known", "near"}:
+        raise Malformed("sync payload must be {'records': [...], 'known'?: {...}, 'near'?: hex}")
     recs, known = payload["records"], payload.get("known")
     if not isinstance(recs, list) or len(recs) > limit:
         raise Malformed(f"sync records must be a list of at most {limit}")

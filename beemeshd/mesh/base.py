@@ -32,6 +32,15 @@ counted (nonMemberMessages) before their signature is even checked; only PROTO_H
 PROTO_JOIN are open to non-members, through a token bucket. A peer whose hello fails is refused
 (refusedPeers) and disconnected; revoked or expired members are forgotten and disconnected.
 Revocation lists travel on `beemesh/membership` and in every hello.
+
+Partial views (a mesh larger than `Timings.view_max`, core/routing.py): the view is a Kademlia
+table, and what a full view did by flooding it does peer to peer. View sync asks for the
+neighbourhood of the asker (`near`) instead of sending a digest; a record change goes to the
+`near` closest peers instead of GossipSub; failure-detector rumours are not flooded (each peer
+probes its own table, and pinned peers every interval). `lookup(target, k)` finds the k peers
+nearest to any point of the XOR space in O(log n) rounds of view sync; `pin(peers)` keeps
+peers in the view whatever their distance (unknown ones are looked up; one nobody knows is
+dead here).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import trio
 
 from beemeshd.core import credentials as cr
 from beemeshd.core import protocol as proto
+from beemeshd.core import routing
 from beemeshd.core.admission import Admission, NonMember, TokenBucket
 from beemeshd.core.membership import JOINED, LEFT, RECOVERED, Membership, Timings
 from beemeshd.errors import PeerUnreachable
@@ -91,6 +101,8 @@ class MeshBase:
     OPEN_RATE, OPEN_BURST = 20.0, 40.0  # hellos and join requests from non-members, per second
     ADMISSION_INTERVAL = 1.0  # how often expired credentials are swept
     OPEN_PROTOCOLS = frozenset({proto.PROTO_HELLO, proto.PROTO_JOIN})
+    LOOKUP_ALPHA, LOOKUP_TIMEOUT, LOOKUP_ROUNDS = 3, 1.0, 12  # Kademlia's α; per request; bound
+    FOUND_MAX = 4096  # addresses of peers met in lookups, outside the view
 
     def __init__(self, seed: bytes, *, timings: Timings = Timings(),
                  bootstrap: list[tuple[str, list[str]]] = (), record: dict | None = None,
@@ -126,6 +138,8 @@ class MeshBase:
         self._announced = False
         self._nursery: trio.Nursery | None = None
         self._born = 0.0
+        self._found: dict[str, list[str]] = {}  # peer -> addresses, from records met in lookups
+        self._finding: set[str] = set()  # pinned peers being looked up
         if record:
             self.set_record(record)
 
@@ -409,7 +423,7 @@ class MeshBase:
         for pid, addrs in self.bootstrap:
             if pid == peer_id:
                 return list(addrs)
-        return []
+        return list(self._found.get(peer_id, ()))
 
     def _emit(self, events: list[tuple[str, str]]) -> None:
         for kind, peer in events:
@@ -441,7 +455,7 @@ class MeshBase:
         probing, core/membership.py) is told to everyone on beemesh/membership."""
         self._emit(self.membership.tick(now))
         news = self.membership.take_rumours()
-        if news and self._nursery is not None:
+        if news and self._nursery is not None and not self.membership.partial:
             self._nursery.start_soon(self.publish, proto.TOPIC_MEMBERSHIP, {"rumours": [list(r) for r in news]})
         if now - self._last_full_sync >= 2 * self.SYNC_INTERVAL and self._nursery is not None:
             # anti-entropy: peers that joined alongside us (not yet in our bootstrap peer's view
@@ -508,7 +522,12 @@ class MeshBase:
 
     async def _record_loop(self) -> None:
         while True:
-            await self._send_gossip(proto.TOPIC_RECORDS, self._seal_record())
+            raw = self._seal_record()
+            if self.membership.partial:  # the neighbourhood, not the whole mesh
+                for pid in self.membership.closest(routing.point(self.peer_id), self.timings.near):
+                    self._nursery.start_soon(self._sync, pid)
+            else:
+                await self._send_gossip(proto.TOPIC_RECORDS, raw)
             views = len(self.membership.members) / self.HELLO_LIMIT
             with trio.move_on_after(self.RECORD_REFRESH * max(1.0, views)):
                 await self._record_changed.wait()
@@ -519,11 +538,15 @@ class MeshBase:
         our view and take the records we lack (a full exchange per join would cost O(n²))."""
         now, last = self._now(), self._last_full_sync
         full = now - last >= self.SYNC_INTERVAL
-        if full:
-            self._last_full_sync = now
-        elif len(self.membership.members) > self.HELLO_LIMIT:
-            return
-        payload = proto.sync_payload([self._record_raw], self.membership.digest() if full else None)
+        if self.membership.partial:  # our record, and their peers nearest to us: O(near), always
+            full = False
+            payload = proto.sync_payload([self._record_raw], near=routing.point(self.peer_id))
+        else:
+            if full:
+                self._last_full_sync = now
+            elif len(self.membership.members) > self.HELLO_LIMIT:
+                return
+            payload = proto.sync_payload([self._record_raw], self.membership.digest() if full else None)
         try:
             reply = await self.request(peer_id, proto.PROTO_SYNC, payload, self.timings.dead_after)
         except (PeerUnreachable, RemoteError) as exc:
@@ -540,7 +563,15 @@ class MeshBase:
 
     async def _handle_sync(self, env: proto.Envelope) -> dict:
         known = self._merge(env.payload)
-        extra = self.membership.newer_than(known) if known is not None else []
+        try:
+            near = proto.sync_near(env.payload)
+        except proto.Malformed as exc:
+            self.gate.count(exc)
+            raise
+        if near is not None:  # a lookup step: the records we hold nearest to that point
+            extra = self.membership.closest_records(near, self.timings.near + self.LOOKUP_ALPHA)
+        else:
+            extra = self.membership.newer_than(known) if known is not None else []
         # A view of ~1,500 records no longer fits one envelope (MAX_ENVELOPE): send what fits;
         # the asker's next full sync (its digest then holds these) brings the rest.
         out, size = [self._record_raw], 0
@@ -551,8 +582,9 @@ class MeshBase:
             out.append(raw)
         return proto.sync_payload(out)
 
-    def _merge(self, payload: dict) -> dict | None:
-        """Learn the records of a sync message; its digest (or None)."""
+    def _merge(self, payload: dict, found: list[str] | None = None) -> dict | None:
+        """Learn the records of a sync message; its digest (or None). `found`: gets the peers
+        whose records were valid (a lookup's candidates; their addresses are kept in _found)."""
         try:
             raws, known = proto.sync_records(payload)
         except proto.Malformed as exc:
@@ -562,7 +594,9 @@ class MeshBase:
         for raw in raws:
             held = members.get(proto.claimed_sender(raw))
             if (held is not None and held.record_raw == raw) or raw == self._record_raw:
-                continue  # these exact bytes were verified when we took them
+                if found is not None:  # these exact bytes were verified when we took them
+                    found.append(held.peer_id if held is not None else self.peer_id)
+                continue
             try:
                 env = self._decode(raw)
                 if env.topic != proto.TOPIC_RECORDS or env.kind != "pub":
@@ -574,7 +608,74 @@ class MeshBase:
             if self.admission is not None and not self._admit_credential(env.sender, rec.get("credential")):
                 continue
             self.membership.learned(env.sender, rec, raw, rec["seq"], now)
+            if found is not None:
+                found.append(env.sender)
+                if env.sender not in self.membership.members:
+                    self._found.pop(env.sender, None)
+                    self._found[env.sender] = list(rec["addresses"])
+                    while len(self._found) > self.FOUND_MAX:
+                        del self._found[next(iter(self._found))]
         return known
+
+    # --- partial views: lookups and pins (see the module docstring) ----------------------------
+
+    def size_estimate(self) -> float:
+        """How many peers the mesh has, as this view suggests (exact in a full view)."""
+        return self.membership.size_estimate()
+
+    async def lookup(self, target: int, k: int) -> list[str]:
+        """The k peers nearest to `target` (a point of the XOR space, core/routing.py) in the
+        whole mesh, this one included, nearest first. A full view answers from itself; a partial
+        one asks the nearest peers it knows for nearer ones (LOOKUP_ALPHA at a time) until the
+        k nearest it has heard of have all answered. Peers that do not answer are left out."""
+        if not self.membership.partial:
+            return routing.closest(target, [self.peer_id, *self.peer_ids(("alive", "suspect"))], k)
+        cand = set(self.membership.closest(target, max(k, self.timings.near))) | {self.peer_id}
+        asked, failed = {self.peer_id}, set()
+        payload = proto.sync_payload([self._record_raw], near=target)
+
+        async def ask(peer: str) -> None:
+            try:
+                reply = await self.request(peer, proto.PROTO_SYNC, payload, self.LOOKUP_TIMEOUT)
+            except (PeerUnreachable, RemoteError) as exc:
+                log.debug("lookup step at %s failed: %s", peer, exc)
+                failed.add(peer)
+                return
+            found: list[str] = []
+            self._merge(reply, found)
+            cand.update(found)
+
+        for _ in range(self.LOOKUP_ROUNDS):
+            todo = [p for p in routing.closest(target, cand - failed, k) if p not in asked][:self.LOOKUP_ALPHA]
+            if not todo:
+                break
+            asked.update(todo)
+            async with trio.open_nursery() as n:
+                for p in todo:
+                    n.start_soon(ask, p)
+        return routing.closest(target, cand - failed, k)
+
+    def pin(self, peers) -> None:
+        """Keep these peers in the view whatever their distance, probed every interval (a
+        partial view only; a full view holds them anyway). Unknown ones are looked up; one that
+        nobody knows is taken as dead (so what it was given moves elsewhere)."""
+        m = self.membership
+        m.pins = set(peers) - {self.peer_id}
+        if not m.partial or self._nursery is None:
+            return
+        for p in m.pins:
+            if p not in m.members and p not in self._finding:
+                self._finding.add(p)
+                self._nursery.start_soon(self._find, p)
+
+    async def _find(self, peer: str) -> None:
+        try:
+            await self.lookup(routing.point(peer), 1)  # its record comes back from whoever knows it
+            if peer not in self.membership.members and peer in self.membership.pins:
+                log.info("pinned peer %s: no peer knows it; taken as dead", peer)
+                self.membership.absent(peer, self._now())
+        finally:
+            self._finding.discard(peer)
 
     # --- membership (see the module docstring) ------------------------------------------------
 

@@ -198,8 +198,9 @@ async def test_a_malformed_rumour_is_dropped_and_counted(autojump_clock, n):
 
 async def test_a_view_sync_reply_fits_one_envelope_however_large_the_view(autojump_clock):
     """A newcomer's first sync asks for the whole view: ~1,500 records no longer fit one envelope
-    (the answering peer's handler used to fail sealing it); it gets what fits, the rest later."""
-    m = FakeMesh(FakeNetwork(seed=1))
+    (the answering peer's handler used to fail sealing it); it gets what fits, the rest later.
+    (A full view of 3,000: view_max=0 keeps it from becoming a table.)"""
+    m = FakeMesh(FakeNetwork(seed=1), timings=Timings(view_max=0))
     async with trio.open_nursery() as nursery:
         await nursery.start(m.run)
         for i in range(3000):
