@@ -1,0 +1,173 @@
+"""Partial views: beyond view_max members the view is a Kademlia table (core/routing.py,
+core/membership.py), lookups find what it does not hold (mesh/base.py), and placement still
+stores, reports and heals (placement.py). Pure core first, then FakeMesh peers in virtual time."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from beemeshd.core import routing
+from beemeshd.core.catalog import holders
+from beemeshd.core.membership import ALIVE, DEAD, Membership, Timings
+from beemeshd.mesh.fake import FakeMesh, FakeNetwork
+from tests.unit.test_placement import Peer, deploy, deployment
+
+T = Timings(ping_interval=0.5, suspect_after=1.5, dead_after=3.0, probe_fanout=2, view_max=20, near=4,
+            bucket_size=2)
+
+
+def names(n: int, prefix: str = "peer") -> list[str]:
+    return [f"{prefix}{i:04d}" for i in range(n)]
+
+
+def test_past_view_max_the_view_keeps_its_neighbourhood_and_the_longest_lived_per_bucket():
+    m = Membership("me", T)
+    me = routing.point("me")
+    peers = names(200)
+    for t, pid in enumerate(peers[:19]):
+        m.heard(pid, float(t))
+    assert not m.partial and len(m.members) == 19  # below view_max: everyone
+    m.heard(peers[19], 19.0)  # the 20th: a table now
+    assert m.partial
+    first20 = peers[:20]
+    for bucket in {routing.bucket(me, routing.point(p)) for p in first20}:
+        mine = [p for p in first20 if routing.bucket(me, routing.point(p)) == bucket]
+        kept = [p for p in mine if p in m.members]
+        near = set(routing.closest(me, first20, T.near))
+        # the oldest of each bucket stay (heard earlier = alive longer), besides the near ones
+        assert set(mine[:T.bucket_size]) <= set(kept)
+        assert len([p for p in kept if p not in near]) <= T.bucket_size
+    for t, pid in enumerate(peers[20:], start=20):
+        m.heard(pid, float(t))
+    assert set(routing.closest(me, peers, T.near)) <= set(m.members)  # the true neighbourhood
+    assert len(m.members) <= T.near + T.bucket_size * 10
+    far = max(peers, key=lambda p: me ^ routing.point(p))  # bucket 0: full long ago
+    assert far not in m.members
+    # a newcomer nearer than the neighbourhood gets in; one in a full far bucket does not
+    newcomers = names(4000, "new")
+    nearer = next(p for p in newcomers if (me ^ routing.point(p)) < min(me ^ routing.point(q) for q in peers))
+    farther = next(p for p in newcomers if routing.bucket(me, routing.point(p)) == 0)
+    assert m.heard(nearer, 300.0) and nearer in m.members
+    assert m.heard(farther, 300.0) == [] and farther not in m.members
+    assert not m.learned(farther, {"addresses": [], "uptimeSeconds": 0.0}, b"x", 1, 300.0)
+
+
+def test_a_pinned_peer_enters_the_table_is_probed_every_interval_and_one_nobody_knows_is_dead():
+    m = Membership("me", T, rng=random.Random(1))
+    peers = names(100)
+    for pid in peers:
+        m.heard(pid, 0.0)
+    me = routing.point("me")
+    outside = [p for p in names(3000, "far") if routing.bucket(me, routing.point(p)) == 0][:2]
+    assert m.heard(outside[0], 1.0) == [] and outside[0] not in m.members  # bucket 0 is full
+    m.pins = {outside[0]}
+    assert m.heard(outside[0], 1.0) and m.get(outside[0]).state == ALIVE  # pinned: admitted
+    probed = [outside[0] in m.probe_targets(1.0 + 0.5 * i) for i in range(1, 9)]
+    for i in range(1, 9):  # it answers each probe
+        m.heard(outside[0], 1.0 + 0.5 * i + 0.01)
+    others = [p for p in m.members if p != outside[0]]
+    assert all(probed)  # every interval (the others: probe_fanout of ~40 an interval)
+    assert len(others) > 4 * T.probe_fanout
+    m.trim(10.0)
+    assert outside[0] in m.members  # trimming keeps what is pinned
+    m.pins = {outside[0], outside[1]}
+    m.absent(outside[1], 10.0)  # a lookup found nobody who knows it
+    assert m.get(outside[1]).state == DEAD
+    m.pins = set()
+    m.trim(20.0)
+    assert outside[0] not in m.members and outside[1] not in m.members
+
+
+def test_the_view_holds_everyone_again_when_the_mesh_shrinks():
+    m = Membership("me", T)
+    for pid in names(60):
+        m.heard(pid, 0.0)
+    assert m.partial and m.size_estimate() > T.view_max / 2
+    for pid in list(m.members)[3:]:
+        m.forget(pid)
+    assert m.size_estimate() == 4.0  # fewer than a neighbourhood: exact
+    m.tick(10.0)
+    assert not m.partial
+    m.heard("late", 10.5)
+    assert "late" in m.members
+
+
+async def _mesh(nursery, n: int, timings: Timings, seed: int = 5) -> tuple[FakeNetwork, list[FakeMesh]]:
+    net = FakeNetwork(latency=0.002, seed=seed)
+    rng = random.Random(seed)
+    first = FakeMesh(net, rng.randbytes(32), timings=timings, rng=random.Random(1))
+    peers = [first]
+    await nursery.start(first.run)
+    for i in range(n - 1):
+        p = FakeMesh(net, rng.randbytes(32), bootstrap=[rng.choice(peers).peer_id], timings=timings,
+                     rng=random.Random(i + 2))
+        peers.append(p)
+        await nursery.start(p.run)
+        await trio.sleep(0.02)
+    return net, peers
+
+
+async def test_lookups_find_the_nearest_peers_that_no_view_holds(nursery, autojump_clock):
+    t = Timings(0.5, 1.5, 3.0, view_max=24, near=6, bucket_size=3)
+    net, peers = await _mesh(nursery, 150, t)
+    await trio.sleep(20)
+    ids = [p.peer_id for p in peers]
+    assert all(p.membership.partial for p in peers)
+    assert max(len(p.membership.members) for p in peers) < 60  # not 149
+    rng = random.Random(9)
+    view_wrong = 0
+    for i in range(30):
+        target = rng.getrandbits(256)
+        asker = peers[rng.randrange(len(peers))]
+        truth = routing.closest(target, ids, 3)
+        view_wrong += routing.closest(target, [asker.peer_id, *asker.membership.closest(target, 3)], 3) != truth
+        assert await asker.lookup(target, 3) == truth
+    assert view_wrong >= 10  # the views alone would have got these wrong: the lookups did the work
+
+
+async def test_a_partial_view_mesh_stores_reports_and_heals(nursery, autojump_clock):
+    """40 peers whose views hold ~12: a Deployment's holders (found by lookup) get its decision
+    and status, and when a runner dies its healer (a holder, which pinned the runner) re-places
+    the replica."""
+    net = FakeNetwork(latency=0.002, seed=4)
+    t = Timings(0.5, 1.0, 2.0, view_max=12, near=4, bucket_size=2)
+    first = Peer(net, broadcast_max=8)
+    first.mesh.timings = first.mesh.membership.timings = t
+    peers = [first]
+    await nursery.start(first.run)
+    rng = random.Random(3)
+    for _ in range(39):
+        p = Peer(net, bootstrap=[rng.choice(peers).id], broadcast_max=8)
+        p.mesh.timings = p.mesh.membership.timings = t
+        peers.append(p)
+        await nursery.start(p.run)
+        await trio.sleep(0.05)
+    await trio.sleep(15)
+    assert all(p.mesh.membership.partial for p in peers)
+    assert sum(len(p.mesh.membership.members) for p in peers) / len(peers) < 15  # of 39
+    ids = [p.id for p in peers]
+    origin = peers[7]
+    [w] = await deploy(origin, deployment(replicas=3, port=None), timeout=30)
+    assert w["readyReplicas"] == 3
+    key = ("default", "Deployment", "web")
+    hs = holders(key, ids, 3)
+    byid = {p.id: p for p in peers}
+    d = origin.placement.catalog.entries[key]
+    assert all(byid[h].placement.catalog.entries.get(key) == d for h in hs)
+    await trio.sleep(5)  # status reports reach the holders; holders pin the runners
+    runners = [p for _, p in d.assignments]
+    for h in hs:
+        assert set(runners) - {h} <= set(byid[h].mesh.membership.members)
+    victim = next(r for r in runners if r not in hs and r != origin.id)
+    byid[victim].kill()
+    with trio.fail_after(30):
+        while True:
+            cur = byid[hs[0] if hs[0] != victim else hs[1]].placement.catalog.entries[key]
+            placed = [p for _, p in cur.assignments]
+            if victim not in placed and all(
+                    any(n.startswith("web") for n in byid[p].runtime.pod_names()) for p in placed):
+                break
+            await trio.sleep(0.5)
+    assert cur.reason == "heal" and len(set(placed)) == 3
