@@ -71,6 +71,10 @@ class Config:
     ping_interval_seconds: float = 0.5
     suspect_after_seconds: float = 1.5
     dead_after_seconds: float = 3.0
+    # Views beyond this many peers stop holding every peer: they become Kademlia routing tables
+    # (the 16 nearest peers, 8 per bucket, the runners of held workloads), and peers and
+    # workload holders outside them are looked up. 0: always hold every peer.
+    mesh_view_max: int = 1024
     # GossipSub heartbeat (mesh maintenance and gossip of message ids).
     gossip_heartbeat_seconds: float = 0.5
     # Placement: how many peers keep each workload's manifest (the k closest by XOR distance),

@@ -78,10 +78,13 @@ def mdns_name(config, mesh_id: str | None) -> str | None:
 def make_mesh(config, seed: bytes, admission=None) -> Mesh:
     """The libp2p mesh. `admission` (beemeshd.core.admission): who counts as a member; None
     makes an open mesh (`mesh_open = true`)."""
+    try:
+        timings = Timings(ping_interval=config.ping_interval_seconds, suspect_after=config.suspect_after_seconds,
+                          dead_after=config.dead_after_seconds, view_max=config.mesh_view_max)
+    except ValueError as exc:
+        raise SystemExit(f"beemeshd: failure detector or view settings: {exc}") from None
     from beemeshd.mesh.host import LibP2PMesh  # ≈ 56 MB of RSS: only when a mesh runs
 
-    timings = Timings(ping_interval=config.ping_interval_seconds, suspect_after=config.suspect_after_seconds,
-                      dead_after=config.dead_after_seconds)
     member = admission is not None and admission.own is not None
     mesh_id = admission.mesh if member else None
     return LibP2PMesh(seed, listen=listen_addresses(config, member), bootstrap=list(config.mesh_bootstrap),

@@ -101,7 +101,7 @@ class MeshBase:
     OPEN_RATE, OPEN_BURST = 20.0, 40.0  # hellos and join requests from non-members, per second
     ADMISSION_INTERVAL = 1.0  # how often expired credentials are swept
     OPEN_PROTOCOLS = frozenset({proto.PROTO_HELLO, proto.PROTO_JOIN})
-    LOOKUP_ALPHA, LOOKUP_TIMEOUT, LOOKUP_ROUNDS = 3, 1.0, 12  # Kademlia's α; per request; bound
+    LOOKUP_ALPHA, LOOKUP_TIMEOUT, LOOKUP_ROUNDS = 3, 2.0, 12  # Kademlia's α; per request (a first dial: handshakes); bound
     FOUND_MAX = 4096  # addresses of peers met in lookups, outside the view
 
     def __init__(self, seed: bytes, *, timings: Timings = Timings(),

@@ -73,3 +73,11 @@ def test_shipped_default_documents_every_key_and_changes_nothing(dirs):
         if f.default is not dataclasses.MISSING:  # paths depend on the user; the rest must match
             value = tomllib.loads(f"v = {documented[f.name]}")["v"]
             assert type(f.default)(value) == f.default, f.name  # as Config.with_values converts
+
+
+def test_a_view_too_small_for_a_table_is_refused_at_start(dirs):
+    from beemeshd.mesh import make_mesh
+
+    cli.SYSTEM_CONFIG.write_text("mesh_view_max = 10\n")
+    with pytest.raises(SystemExit, match="view_max"):
+        make_mesh(load(), b"\0" * 32)
