@@ -228,10 +228,13 @@ class Placement:
         return self.holders_of(key)
 
     def _pins(self) -> set[str]:
-        """Peers a partial view must keep watching: the runners of the workloads this peer holds."""
+        """Peers a partial view must keep watching: the runners of the workloads this peer holds
+        (it heals them), and those of the StatefulSets it runs a replica of (their consensus
+        group talks peer to peer; a Deployment's runners need nothing of each other)."""
         out: set[str] = set()
         for key, d in self.catalog.entries.items():
-            if not d.deleted and self.peer_id in self.holders_of(key):
+            if not d.deleted and (self.peer_id in self.holders_of(key)
+                                  or (key[1] == "StatefulSet" and self._runs_here(d))):
                 out.update(p for _, p in d.assignments if p)
         return out
 

@@ -248,6 +248,15 @@ class Membership:
             self.partial = True
             self.trim(now)
 
+    def become_partial(self, now: float) -> bool:
+        """A peer whose view is a table says so (the mesh is large): make ours one now rather
+        than gather view_max peers first. True if it changed; never when view_max is 0."""
+        if self.partial or not self.timings.view_max:
+            return False
+        self.partial = True
+        self.trim(now)
+        return True
+
     def trim(self, now: float) -> int:
         """Drop what a partial view does not keep (the dead too, unless pinned); how many.
         Not PeerLeft: a peer no longer tracked here has not left the mesh."""

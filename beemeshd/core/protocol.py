@@ -295,12 +295,16 @@ def validate_record(payload: dict) -> dict:
     return payload
 
 
-def sync_payload(records: list[bytes], known: dict[str, int] | None = None, near: int | None = None) -> dict:
+def sync_payload(records: list[bytes], known: dict[str, int] | None = None, near: int | None = None,
+                 partial: bool = False) -> dict:
     """A view-sync message: signed record envelopes exactly as their owners signed them, and
     optionally a digest {peer id: record seq} of what the sender knows (asking for the rest), or
     `near`: a point of the XOR space (core/routing.py), asking for the records of the peers
-    nearest to it that the other side holds (a lookup step in a partial view)."""
+    nearest to it that the other side holds (a lookup step in a partial view). `partial`: the
+    sender's view is a table (the mesh is large: a newcomer need not gather everyone first)."""
     payload: dict = {"records": [base64.b64encode(r).decode() for r in records]}
+    if partial:
+        payload["partial"] = True
     if known is not None:
         payload["known"] = known
     if near is not None:
@@ -324,8 +328,10 @@ def sync_near(payload: dict) -> int | None:
 
 def sync_records(payload: dict, limit: int = 10_000) -> tuple[list[bytes], dict[str, int] | None]:
     """(record envelopes, digest or None); Malformed unless exactly that shape."""
-    if not isinstance(payload, dict) or not {"records"} <= set(payload) <= {"records", "known", "near"}:
-        raise Malformed("sync payload must be {'records': [...], 'known'?: {...}, 'near'?: hex}")
+    if not isinstance(payload, dict) or not {"records"} <= set(payload) <= {"records", "known", "near", "partial"}:
+        raise Malformed("sync payload must be {'records': [...], 'known'?: {...}, 'near'?: hex, 'partial'?: true}")
+    if payload.get("partial", True) is not True:
+        raise Malformed("sync 'partial' must be true when present")
     recs, known = payload["records"], payload.get("known")
     if not isinstance(recs, list) or len(recs) > limit:
         raise Malformed(f"sync records must be a list of at most {limit}")

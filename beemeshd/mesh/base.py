@@ -539,8 +539,10 @@ class MeshBase:
         now, last = self._now(), self._last_full_sync
         full = now - last >= self.SYNC_INTERVAL
         if self.membership.partial:  # our record, and their peers nearest to us: O(near), always
+            if full:
+                self._last_full_sync = now  # (the anti-entropy round in _tick waits on it)
             full = False
-            payload = proto.sync_payload([self._record_raw], near=routing.point(self.peer_id))
+            payload = proto.sync_payload([self._record_raw], near=routing.point(self.peer_id), partial=True)
         else:
             if full:
                 self._last_full_sync = now
@@ -580,7 +582,7 @@ class MeshBase:
             if size > self.SYNC_BUDGET:
                 break
             out.append(raw)
-        return proto.sync_payload(out)
+        return proto.sync_payload(out, partial=self.membership.partial)
 
     def _merge(self, payload: dict, found: list[str] | None = None) -> dict | None:
         """Learn the records of a sync message; its digest (or None). `found`: gets the peers
@@ -591,6 +593,9 @@ class MeshBase:
             self.gate.count(exc)
             return None
         members, now = self.membership.members, self._now()
+        if payload.get("partial") is True and self.membership.become_partial(now) and self._nursery is not None:
+            # a large mesh: find our neighbourhood at once (the table keeps it)
+            self._nursery.start_soon(self.lookup, routing.point(self.peer_id), self.timings.near)
         for raw in raws:
             held = members.get(proto.claimed_sender(raw))
             if (held is not None and held.record_raw == raw) or raw == self._record_raw:
@@ -632,7 +637,7 @@ class MeshBase:
             return routing.closest(target, [self.peer_id, *self.peer_ids(("alive", "suspect"))], k)
         cand = set(self.membership.closest(target, max(k, self.timings.near))) | {self.peer_id}
         asked, failed = {self.peer_id}, set()
-        payload = proto.sync_payload([self._record_raw], near=target)
+        payload = proto.sync_payload([self._record_raw], near=target, partial=True)
 
         async def ask(peer: str) -> None:
             try:
