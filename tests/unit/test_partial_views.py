@@ -171,3 +171,41 @@ async def test_a_partial_view_mesh_stores_reports_and_heals(nursery, autojump_cl
                 break
             await trio.sleep(0.5)
     assert cur.reason == "heal" and len(set(placed)) == 3
+
+
+async def test_a_newcomer_to_a_large_mesh_makes_its_view_a_table_at_once_and_floods_nothing(nursery, autojump_clock):
+    """Peers whose views are tables say so in view sync: a newcomer does not gather view_max
+    peers first (nor gossip its record to the whole mesh, as a full view does)."""
+    t = Timings(0.5, 1.5, 3.0, view_max=24, near=6, bucket_size=3)
+    net, peers = await _mesh(nursery, 80, t)
+    await trio.sleep(10)
+    assert all(p.membership.partial for p in peers)
+    before = net.counts["gossip beemesh/records"]
+    # (its own view_max is more than a bootstrap peer's table holds: gathering would not get there)
+    newcomer = FakeMesh(net, random.Random(99).randbytes(32), bootstrap=[peers[3].peer_id],
+                        timings=Timings(0.5, 1.5, 3.0, view_max=60, near=6, bucket_size=3))
+    await nursery.start(newcomer.run)
+    with trio.fail_after(2):
+        while not newcomer.membership.partial:
+            await trio.sleep(0.05)
+    await trio.sleep(10)
+    ids = [p.peer_id for p in peers]
+    me = routing.point(newcomer.peer_id)
+    assert set(routing.closest(me, ids, t.near)) <= set(newcomer.membership.members)  # found by lookup
+    assert len(newcomer.membership.members) < 40
+    assert net.counts["gossip beemesh/records"] == before
+    nearest = routing.closest(me, ids, 1)[0]
+    assert newcomer.peer_id in next(p for p in peers if p.peer_id == nearest).membership.members
+
+
+def test_a_sync_message_says_partial_only_as_true():
+    import pytest
+
+    from beemeshd.core import protocol as proto
+
+    ok = proto.sync_payload([], near=5, partial=True)
+    assert proto.sync_records(ok) == ([], None) and proto.sync_near(ok) == 5
+    for bad in ({**ok, "partial": "yes"}, {**ok, "partial": False}, {**ok, "near": "zz" * 32}):
+        with pytest.raises(proto.Malformed):
+            proto.sync_records(bad)
+            proto.sync_near(bad)
