@@ -58,22 +58,22 @@ class Workloads:
         w = self.placement.workload(d)
         local = {r["name"]: r for r in self.agent.replicas(SimpleNamespace(workload=w), self.peer_id)}
         remote = self.placement.status.get(d.key, {})
-        alive = set(self.placement.alive())
+        up = self.placement.up  # (a partial view: a runner it does not hold is not taken for dead)
         rows = []
         for ordinal, (replica, peer) in enumerate(d.assignments):
             row = None
             if peer == self.peer_id:
                 row = local.get(replica)
-            elif peer in alive and replica in remote and remote[replica][0] == peer:
+            elif up(peer) and replica in remote and remote[replica][0] == peer:
                 row = {k: v for k, v in remote[replica][1].items() if k != "ports"}
             if row is None:
                 if peer is None:
                     message = "no peer can run it: " + "; ".join(f"{p[-8:]}: {r}" for p, r in d.declined)[:400]
-                elif peer not in alive and w.is_stateful:
+                elif not up(peer) and w.is_stateful:
                     message = f"its peer {peer} is dead; the ordinal moves once its lease has run out"
                 elif peer == self.peer_id and w.is_stateful and self.stateful is not None:
                     message = self.stateful.pending_message(d.key, ordinal)
-                elif peer not in alive:
+                elif not up(peer):
                     message = f"its peer {peer} is dead; being placed again"
                 else:
                     message = f"placed on {peer}; waiting for its status"
@@ -173,9 +173,8 @@ class Workloads:
         view = self.view(d)
         await self.placement.delete(d)
         def gone():
-            alive = set(self.placement.alive())
             return not self.agent.pods_of(d.key) and not any(
-                peer in alive for peer, _, _ in self.placement.status.get(d.key, {}).values())
+                self.placement.up(peer) for peer, _, _ in self.placement.status.get(d.key, {}).values())
 
         if wait:
             await self._wait(gone,
@@ -211,10 +210,10 @@ class Workloads:
         ready = sum(1 for r in rows if r["ready"] and r.get("generation") == d.generation)
         # settled: no pod of it left over anywhere (scaled away, replaced, or on a peer it left)
         assigned = dict(d.assignments)
-        alive = set(self.placement.alive())  # a dead peer's last report says nothing any more
+        up = self.placement.up  # a dead peer's last report says nothing any more
         settled = all(n in self.agent.desired for n in self.agent.pods_of(key)) and all(
             assigned.get(replica) == peer for replica, (peer, _, _) in self.placement.status.get(key, {}).items()
-            if peer in alive)
+            if up(peer))
         return ready, len(rows), settled
 
     async def wait_ready(self, keys, timeout, operation) -> None:

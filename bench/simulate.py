@@ -1,4 +1,4 @@
-"""Whole-mesh simulator: the production core of 1,000 peers in one process (and what fits of 10,000).
+"""Whole-mesh simulator: the production core of 1,000 and 10,000 peers in one process.
 
 Every simulated peer is what the daemon wires (beemeshd/daemon.py): a FakeMesh (MeshBase: real
 signed envelopes, the real failure detector), Placement (bids, decisions, healing, trust), an
@@ -12,7 +12,8 @@ those measured in wall time or memory. Simulated time is free, CPU is not: every
 on one core, so "placements/s (wall)" is 1 / (the CPU the whole mesh spends per placement).
 
 Phases (per mesh size, each size in a fresh forked process):
-1. join   — peers join through a random earlier peer until every view is complete;
+1. join   — peers join through a random earlier peer until every view is complete (partial
+            views: until 99 % of every peer's `near` nearest peers are alive in its table);
 2. place  — `workloads` Deployments of `replicas` replicas, Deploy on random peers in bursts;
             placements/s (wall), simulated latency (Deploy → decision; → every replica running),
             messages per placement, gossip hops to reach 99 % of the peers;
@@ -21,9 +22,11 @@ Phases (per mesh size, each size in a fresh forked process):
             replicas wanted vs running, workloads lost, duplicates;
 4. overlay — gossip hops to 99 % on the overlay alone (real peers that have met, no full views).
 
-Above FULL_UP_TO peers a whole run does not fit: every view holds every peer (10⁸ entries at
-10,000, tens of GB here). Such sizes get phase 4 measured and the rest projected from two whole
-runs (linear trends: a placement costs O(n) there), every projected figure marked as such.
+Views hold every peer up to the membership's view_max (1,024, the daemon's default): a 1,000-peer
+run has full views. Beyond it every view is a Kademlia table (core/routing.py: ~16 nearest,
+8 per bucket, pinned runners), which is what lets 10,000 peers fit one process: full views would
+be 10⁸ entries (tens of GB) and O(n²) work to join. Above FULL_UP_TO peers sizes are still
+projected from two whole runs, every projected figure marked as such.
 
     python bench/simulate.py --peers 1000 10000 --seed 1 --minutes 3 --plot-dir bench
 """
@@ -773,27 +776,33 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
     big = [n for n in sorted(runs) if "projected_from" in runs[n]]
     if not whole:
         return [("Whole-mesh simulator", f"{path.name} holds no whole run")]
-    n = max(whole)
-    r, pl = runs[n], runs[n]["place"]
-    if "replicas_per_sim_s" not in pl:
+    if "replicas_per_sim_s" not in runs[max(whole)]["place"]:
         return [("Whole-mesh simulator", f"{path.name} is from an older simulator: run `python bench/simulate.py "
                  "--plot-dir bench` again")]
     when = f"`bench/simulate.py` run of {meta.get('date', '?')}"
-    per = pl["replicas"] // pl["workloads"]
-    sent = sum(v for k, v in pl["messages_by_kind_per_workload"].items() if k.startswith("request "))
-    out = [(f"Whole-mesh simulator, {n:,} peers (production core, in-memory mesh, MockClock): placements/s",
-            f"{pl['replicas_per_sim_s']:,.0f} replicas/s of simulated time with {pl.get('offered_per_s') or 0:,.0f}/s "
-            f"offered ({per}-replica Deployments, each on a random peer; the last one's latency included); every "
-            f"peer's CPU metered: busiest peer {100 * pl['busiest_peer_core_share']:.1f} % of a core (p50 peer "
-            f"{pl['peer_cpu_ms_p50']:g} ms, max {pl['peer_cpu_ms_max']:g} ms in {pl['placing_sim_s']:g} s), so "
-            f"≈ {pl['capacity_per_s']:,}/s before any peer's core is full. Wall clock, all {n:,} peers on one "
-            f"core: {pl['replicas_per_s']:g}/s ({when})",
-            "Nomad C1M: 3,750/s on 5,000 real hosts (published, not this run)",
-            f"{pl['replicas_per_sim_s'] / 3750:.2f} (wall {pl['replicas_per_s'] / 3750:.3f})",
-            f"≥ 2,000/s: **met** in simulated time, each peer on a core of its own (the busiest at "
-            f"{100 * pl['busiest_peer_core_share']:.0f} %); **missed** on the wall clock of one process, which "
-            f"does every peer's work: a Deployment takes {sent:.0f} signed requests ({pl['messages_by_kind_per_workload'].get('request /beemesh/bid/1', 0):g} "
-            "bids, decision and status pushes, holder look-ups) and their replies, ≈ 0.2 ms of Ed25519 each")]
+    dates = meta.get("dates", {})
+    out = []
+    for n in whole:
+        r, pl = runs[n], runs[n]["place"]
+        if "replicas_per_sim_s" not in pl:
+            continue
+        per = pl["replicas"] // pl["workloads"]
+        sent = sum(v for k, v in pl["messages_by_kind_per_workload"].items() if k.startswith("request "))
+        run = f"`bench/simulate.py` run of {dates[str(n)]}" if str(n) in dates else when
+        goal = (f"≥ 2,000/s: **met** in simulated time, each peer on a core of its own (the busiest at "
+                f"{100 * pl['busiest_peer_core_share']:.0f} %); **missed** on the wall clock of one process, which "
+                f"does every peer's work: a Deployment takes {sent:.0f} signed requests "
+                f"({pl['messages_by_kind_per_workload'].get('request /beemesh/bid/1', 0):g} bids, decision and "
+                "status pushes, holder look-ups) and their replies, ≈ 0.2 ms of Ed25519 each") if n == 1000 else "—"
+        out.append((f"Whole-mesh simulator, {n:,} peers (production core, in-memory mesh, MockClock): placements/s",
+                    f"{pl['replicas_per_sim_s']:,.0f} replicas/s of simulated time with {pl.get('offered_per_s') or 0:,.0f}/s "
+                    f"offered ({per}-replica Deployments, each on a random peer; the last one's latency included); every "
+                    f"peer's CPU metered: busiest peer {100 * pl['busiest_peer_core_share']:.1f} % of a core (p50 peer "
+                    f"{pl['peer_cpu_ms_p50']:g} ms, max {pl['peer_cpu_ms_max']:g} ms in {pl['placing_sim_s']:g} s), so "
+                    f"≈ {pl['capacity_per_s']:,}/s before any peer's core is full. Wall clock, all {n:,} peers on one "
+                    f"core: {pl['replicas_per_s']:g}/s ({run})",
+                    "Nomad C1M: 3,750/s on 5,000 real hosts (published, not this run)",
+                    f"{pl['replicas_per_sim_s'] / 3750:.2f} (wall {pl['replicas_per_s'] / 3750:.3f})", goal))
     lat = "; ".join(f"{m:,} peers: decision {runs[m]['place']['decision_ms_p50']:g} / "
                     f"{runs[m]['place']['decision_ms_p99']:g}, every replica running {runs[m]['place']['running_ms_p50']:g} / "
                     f"{runs[m]['place']['running_ms_p99']:g}" + (" (projected)" if m in big else "")
@@ -805,20 +814,39 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
                 ", ".join(f"{m:,}: {statistics.median(v['hops99']):g}" for m, v in sorted(h.items())),
                 "log₇ n: " + ", ".join(f"{math.log(m) / math.log(7):.1f}" for m in sorted(h)), "—",
                 "O(log n): met (one more hop per ~8× peers)"))
-    kinds = ", ".join(f"{v:g} {k.split(' ', 1)[1]}" for k, v in sorted(pl["messages_by_kind_per_workload"].items())
-                      if k.startswith("request ") and v >= 0.1)
-    out.append((f"Messages per placement (a {per}-replica Deployment), {n:,} peers",
-                f"{sent:.0f} signed requests ({kinds}) and their replies; "
-                f"{pl['gossip_deliveries_per_workload']:g} gossip deliveries (beyond catalog_broadcast_max peers a "
-                "Deployment's news goes to its holders and runners only)", "—", "—",
-                "O(1) in the mesh size: met (the previous design reached every peer: ≈ 7 × n deliveries)"))
+    for n in whole:
+        pl = runs[n]["place"]
+        per = pl["replicas"] // pl["workloads"]
+        sent = sum(v for k, v in pl["messages_by_kind_per_workload"].items() if k.startswith("request "))
+        kinds = ", ".join(f"{v:g} {k.split(' ', 1)[1]}" for k, v in sorted(pl["messages_by_kind_per_workload"].items())
+                          if k.startswith("request ") and v >= 0.1)
+        out.append((f"Messages per placement (a {per}-replica Deployment), {n:,} peers",
+                    f"{sent:.0f} signed requests ({kinds}) and their replies; "
+                    f"{pl['gossip_deliveries_per_workload']:g} gossip deliveries (beyond catalog_broadcast_max peers a "
+                    "Deployment's news goes to its holders and runners only; in partial views the holders are "
+                    "looked up: /beemesh/sync/1)", "—", "—",
+                    "O(1) in the mesh size (O(log n) lookups in partial views): met"))
     mem = "; ".join(f"{m:,} peers: {runs[m]['join']['rss_per_peer_kb'] / 1024:.2f} MB after joining, "
                     f"{runs[m]['place']['rss_per_peer_kb'] / 1024:.1f} MB after {runs[m]['place']['workloads']} "
                     "Deployments" + (" (projected)" if m in big else "") for m in sorted(runs))
     out.append(("Memory per simulated peer (RSS growth / n, a fresh process per size)", mem, "—", "—", "—"))
-    if "churn" in r:
+    views = [m for m in whole if runs[m]["join"].get("partial_views")]
+    if views:
+        out.append(("Views: entries per peer after joining (p50 / max), and the share of each peer's 16 truly "
+                    "nearest peers its view holds alive",
+                    "; ".join(f"{m:,} peers: {runs[m]['join']['view_p50']} / {runs[m]['join']['view_max']} entries "
+                              f"(Kademlia tables in {runs[m]['join']['partial_views']:,} of {m:,} peers), "
+                              f"neighbourhoods {100 * runs[m]['join']['neighbourhoods_held']:.2f} % held; joined in "
+                              f"{runs[m]['join']['sim_s']:g} simulated s, {runs[m]['join']['cpu_s']:g} CPU-s"
+                              for m in views),
+                    "full views at 1,000 peers: 999 entries each", "—",
+                    "O(log n) entries per peer: met"))
+    for n in whole:
+        r = runs[n]
+        if "churn" not in r:
+            continue
         c = r["churn"]
-        out.append((f"Churn, {n:,} peers: {r['churn']['left'] // max(1, int(c['minutes']))} leave and as many join "
+        out.append((f"Churn, {n:,} peers: {c['left'] // max(1, int(c['minutes']))} leave and as many join "
                     f"every simulated minute, {c['minutes']:g} minutes",
                     f"{c['replicas_lost_with_a_peer']} replicas lost with their peer ran again elsewhere after "
                     f"p50 {c['rerun_s_p50']:g} s / p99 {c['rerun_s_p99']:g} s; {c['replicas_running']} of "

@@ -160,6 +160,12 @@ async def test_a_partial_view_mesh_stores_reports_and_heals(nursery, autojump_cl
     runners = [p for _, p in d.assignments]
     for h in hs:
         assert set(runners) - {h} <= set(byid[h].mesh.membership.members)
+    # a peer that neither holds nor runs it, whose view lacks a runner, still sees it whole
+    # (fetched from the holders it looked up; a runner it does not track is not taken for dead)
+    asker = next(p for p in peers if p.id not in hs and p.id not in runners
+                 and not set(runners) <= set(p.mesh.membership.members))
+    await asker.w.prepare("web")
+    assert asker.w.get("web", None, None)["readyReplicas"] == 3
     victim = next(r for r in runners if r not in hs and r != origin.id)
     byid[victim].kill()
     with trio.fail_after(30):
