@@ -262,7 +262,7 @@ class Membership:
         Not PeerLeft: a peer no longer tracked here has not left the mesh."""
         t = self.timings
         live = [(pid, m.state == ALIVE, m.alive_since) for pid, m in self.members.items() if m.state != DEAD]
-        keep = routing.table(self._me, live, t.near, t.bucket_size) | self.pins
+        keep = routing.table(self._me, live, t.near, t.bucket_size, now) | self.pins
         gone = [pid for pid in self.members if pid not in keep]
         for pid in gone:
             del self.members[pid]
