@@ -758,9 +758,32 @@ def plot(results: dict, where: Path, hops: dict) -> None:
 RESULTS = Path(__file__).resolve().parent / "sim_results.json"  # what the last CLI run found
 
 
-def save(out: dict, path: Path = RESULTS) -> None:
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
-    path.write_text(json.dumps({"meta": meta, **{str(k): v for k, v in out.items()}}, indent=1, default=str) + "\n")
+def save(out: dict, path: Path = RESULTS, keep: bool = False, compare: str | None = None,
+         plot_dir: str | None = None) -> None:
+    """Write the results. keep: also those of the sizes (and comparisons) in the file already
+    that this run did not simulate, with their dates; compare: file this run (one size) as a
+    comparison under that label instead (e.g. the same size with another view_max)."""
+    today = time.strftime("%Y-%m-%d")
+    old = json.loads(path.read_text()) if (keep or compare) and path.exists() else {}
+    dates = dict(old.get("meta", {}).get("dates", {}))
+    for k in old:
+        if k.isdigit():
+            dates.setdefault(k, old.get("meta", {}).get("date", "?"))
+    data = {k: v for k, v in old.items() if k != "meta"}
+    if compare:
+        [(n, r)] = [(n, r) for n, r in out.items() if isinstance(n, int)]
+        data.setdefault("compare", {})[compare] = {**r, "date": today}
+    else:
+        for k, v in out.items():
+            data[str(k)] = v
+            if isinstance(k, int):
+                dates[str(k)] = today
+        data["overlay_only"] = {**old.get("overlay_only", {}), **{str(k): v for k, v in out.get("overlay_only", {}).items()}}
+    meta = {"date": today, "machine": machine(), "dates": dates}
+    path.write_text(json.dumps({"meta": meta, **data}, indent=1, default=str) + "\n")
+    if plot_dir and not compare:
+        runs = {int(k): v for k, v in data.items() if k.isdigit()}
+        plot(runs, Path(plot_dir), {int(k): v for k, v in data["overlay_only"].items()})
 
 
 def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
@@ -854,6 +877,22 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
                     f"{c['duplicates']} duplicates, {c['catalogs_disagreeing']} workloads whose holders disagree", "—", "—",
                     "healed, none lost: met" if c["replicas_running"] == c["replicas_wanted"] and not c["duplicates"]
                     else "**missed**"))
+    for label, c in sorted(raw.get("compare", {}).items()):  # the same size, another view_max
+        full = runs.get(c["peers"])
+        if full is None or "churn" not in c:
+            continue
+        j, pl, ch = c["join"], c["place"], c["churn"]
+        out.append((f"{c['peers']:,} peers with partial views ({label}) against full views (the {c['peers']:,}-peer "
+                    "run above)",
+                    f"view {j['view_p50']} entries (p50) instead of {c['peers'] - 1}; memory {j['rss_per_peer_kb']:g} "
+                    f"instead of {full['join']['rss_per_peer_kb']:g} KB per peer after joining; idle "
+                    f"{c['idle']['cpu_per_sim_s']:g} instead of {full['idle']['cpu_per_sim_s']:g} CPU-s per simulated s "
+                    f"(whole mesh); Deploy → decision p50 {pl['decision_ms_p50']:g} instead of "
+                    f"{full['place']['decision_ms_p50']:g} ms (holders looked up); busiest peer "
+                    f"{100 * pl['busiest_peer_core_share']:.1f} instead of {100 * full['place']['busiest_peer_core_share']:.1f} % "
+                    f"of a core; churn: {ch['replicas_running']} of {ch['replicas_wanted']} running, re-run p50 / p99 "
+                    f"{ch['rerun_s_p50']:g} / {ch['rerun_s_p99']:g} s, {ch['cpu_s']:g} instead of "
+                    f"{full['churn']['cpu_s']:g} CPU-s", "—", "—", "—"))
     for m in big:
         out.append((f"{m:,} peers", "not simulated whole: every view holds every peer (~10⁸ entries, tens of GB in "
                     f"one process); hops measured on the overlay with {m:,} real peers, the other figures projected "
@@ -876,7 +915,19 @@ if __name__ == "__main__":
     ap.add_argument("--json", default=str(RESULTS), help="write the results here (rows() reads them)")
     ap.add_argument("--view-max", type=int, default=Timings().view_max,
                     help="views beyond this many peers become Kademlia tables (the daemon's default)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the sizes already in --json that this run does not simulate")
+    ap.add_argument("--compare", metavar="LABEL", default=None,
+                    help="file this run (one size) in --json as a comparison, e.g. 'view_max 256'")
+    ap.add_argument("--merge", metavar="FILE", default=None,
+                    help="simulate nothing: merge the results FILE holds into --json (with --keep or --compare)")
     a = ap.parse_args()
-    out = main(tuple(a.peers), a.seed, a.minutes, a.plot_dir, full_up_to=a.full_up_to, workloads=a.workloads,
+    if a.merge:
+        raw = json.loads(Path(a.merge).read_text())
+        out = {int(k) if k.isdigit() else k: v for k, v in raw.items() if k != "meta"}
+        out["overlay_only"] = {int(k): v for k, v in out.get("overlay_only", {}).items()}
+        save(out, Path(a.json), keep=True, compare=a.compare, plot_dir=a.plot_dir)
+        raise SystemExit(0)
+    out = main(tuple(a.peers), a.seed, a.minutes, None, full_up_to=a.full_up_to, workloads=a.workloads,
                trace_memory=a.trace_memory, rate=a.rate or None, timings=Timings(view_max=a.view_max))
-    save(out, Path(a.json))
+    save(out, Path(a.json), keep=a.keep, compare=a.compare, plot_dir=a.plot_dir)
