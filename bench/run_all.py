@@ -500,6 +500,11 @@ def run_step(rep: Report, name: str, what: str, estimate: int, fn: Callable[[Rep
         signal.raise_signal(signal.SIGINT)
 
     previous = signal.signal(signal.SIGALRM, expire)
+    # Started in the background (`nohup make bench &`), a process inherits SIGINT ignored and
+    # Python installs no handler for it: the interrupt would be lost and the step run on.
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for attempt in (1, 2):
             rows, sections, notes = len(rep.rows), len(rep.sections), len(rep.notes)
@@ -532,6 +537,7 @@ def run_step(rep: Report, name: str, what: str, estimate: int, fn: Callable[[Rep
                 signal.alarm(0)
     finally:
         signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def main(argv: list[str] | None = None) -> None:

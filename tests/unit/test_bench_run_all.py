@@ -77,6 +77,24 @@ def test_a_step_that_overruns_is_stopped_even_inside_trio(monkeypatch):
     assert trio.run(trio.sleep, 0) is None  # trio still runs after one was stopped
 
 
+def test_a_step_is_stopped_even_when_sigint_came_ignored(monkeypatch):
+    """`nohup make bench &` starts Python with SIGINT ignored (no KeyboardInterrupt handler): the
+    interrupt that stops an overrunning step must still land (it did not: the step ran on)."""
+    import signal
+
+    monkeypatch.setattr(run_all, "limit", lambda estimate: 1)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rep = Report()
+        t0 = time.monotonic()
+        run_all.run_step(rep, "hang", "a step", 100, lambda rep: time.sleep(30))
+        assert time.monotonic() - t0 < 10
+        assert rows_of(rep)["hang: a step"].startswith("failed this run: stopped")
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # given back as it was
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_optional_rows_get_the_arguments_they_accept(monkeypatch):
     import sys
     import types
