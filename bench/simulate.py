@@ -88,6 +88,7 @@ class Settings:
     degree: int | None = 8  # overlay degree (None: flood to every peer)
     latency: float = 0.002
     jitter: float = 0.002
+    progress: str | None = None  # write the results so far here after each phase
     timings: Timings = field(default_factory=Timings)  # production defaults (bounded probing above 16)
 
 
@@ -530,6 +531,8 @@ class Sim:
                     print(f"[{self.s.peers} peers] {phase.__name__} at {trio.current_time():.1f} simulated s, "
                           f"{time.process_time():.0f} CPU s, RSS {rss_bytes() >> 20} MB", file=sys.stderr, flush=True)
                 await phase()
+                if self.s.progress:  # what is done so far, should a long run be stopped later
+                    Path(f"{self.s.progress}.{self.s.peers}").write_text(json.dumps(self.out, indent=1, default=str) + "\n")
             nursery.cancel_scope.cancel()
         return self.out
 
@@ -919,6 +922,8 @@ if __name__ == "__main__":
                     help="keep the sizes already in --json that this run does not simulate")
     ap.add_argument("--compare", metavar="LABEL", default=None,
                     help="file this run (one size) in --json as a comparison, e.g. 'view_max 256'")
+    ap.add_argument("--progress", metavar="FILE", default=None,
+                    help="write each size's results so far to FILE.<peers> after each phase")
     ap.add_argument("--merge", metavar="FILE", default=None,
                     help="simulate nothing: merge the results FILE holds into --json (with --keep or --compare)")
     a = ap.parse_args()
@@ -929,5 +934,6 @@ if __name__ == "__main__":
         save(out, Path(a.json), keep=True, compare=a.compare, plot_dir=a.plot_dir)
         raise SystemExit(0)
     out = main(tuple(a.peers), a.seed, a.minutes, None, full_up_to=a.full_up_to, workloads=a.workloads,
-               trace_memory=a.trace_memory, rate=a.rate or None, timings=Timings(view_max=a.view_max))
+               trace_memory=a.trace_memory, rate=a.rate or None, timings=Timings(view_max=a.view_max),
+               progress=a.progress)
     save(out, Path(a.json), keep=a.keep, compare=a.compare, plot_dir=a.plot_dir)
