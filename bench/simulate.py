@@ -607,9 +607,9 @@ FULL_UP_TO = 20_000  # larger meshes are projected (a whole run of 10,000 takes 
 
 def main(sizes=(1000, 10000), seed: int = 1, minutes: float = 3.0, plot_dir: str | None = None,
          full_up_to: int = FULL_UP_TO, hop_sizes=(100, 3000), **kw) -> dict:
-    """Simulate each size up to `full_up_to` peers whole. Larger ones (10,000 peers would need
-    ~10⁸ view entries, tens of GB, here) get their gossip hops measured on the overlay alone and
-    the rest projected from two whole runs (a smaller one is added if needed), marked so."""
+    """Simulate each size up to `full_up_to` peers whole (10,000 fit: their views are Kademlia
+    tables). Larger ones get their gossip hops measured on the overlay alone and the rest
+    projected from two whole runs (a smaller one is added if needed), marked so."""
     full = sorted(n for n in sizes if n <= full_up_to)
     big = sorted(n for n in sizes if n > full_up_to)
     refs = list(full)
