@@ -732,7 +732,9 @@ def plot(results: dict, where: Path, hops: dict) -> None:
                     markerfacecolor="white", color=color)
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("peers (open markers: projected from the whole runs, bench/simulate.py)")
+    tables = [f"{n:,}" for n in whole if results[n].get("join", {}).get("partial_views")]
+    ax.set_xlabel("peers" + (f" (at {', '.join(tables)}: partial views, holders looked up)" if tables else "")
+                  + (" (open markers: projected)" if guess else ""))
     ax.set_ylabel("simulated ms")
     ax.set_title("Placement latency against mesh size (virtual time)")
     ax.legend(fontsize=8)
@@ -862,8 +864,10 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
                     "nearest peers its view holds alive",
                     "; ".join(f"{m:,} peers: {runs[m]['join']['view_p50']} / {runs[m]['join']['view_max']} entries "
                               f"(Kademlia tables in {runs[m]['join']['partial_views']:,} of {m:,} peers), "
-                              f"neighbourhoods {100 * runs[m]['join']['neighbourhoods_held']:.2f} % held; joined in "
-                              f"{runs[m]['join']['sim_s']:g} simulated s, {runs[m]['join']['cpu_s']:g} CPU-s"
+                              f"neighbourhoods {100 * runs[m]['join']['neighbourhoods_held']:.2f} % held "
+                              + (f"{runs[m]['join']['sim_s']:g} simulated s after the last peer joined"
+                                 if runs[m]['join']['sim_s'] else "as the last peer joined")
+                              + f"; the join took {runs[m]['join']['cpu_s']:,.0f} CPU-s"
                               for m in views),
                     "full views at 1,000 peers: 999 entries each", "—",
                     "O(log n) entries per peer: met"))
@@ -880,6 +884,10 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
                     f"{c['duplicates']} duplicates, {c['catalogs_disagreeing']} workloads whose holders disagree", "—", "—",
                     "healed, none lost: met" if c["replicas_running"] == c["replicas_wanted"] and not c["duplicates"]
                     else "**missed**"))
+    for n in whole:
+        if "churn" not in runs[n] and runs[n].get("churn_not_run"):
+            out.append((f"Churn, {n:,} peers", f"not run whole: {runs[n]['churn_not_run']}", "—", "—",
+                        "healed, none lost: shown at 1,000 peers (full and partial views), not at this size"))
     for label, c in sorted(raw.get("compare", {}).items()):  # the same size, another view_max
         full = runs.get(c["peers"])
         if full is None or "churn" not in c:
