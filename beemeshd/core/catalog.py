@@ -16,7 +16,6 @@ peer that took the Deploy is gone.
 from __future__ import annotations
 
 import hashlib
-import heapq
 from dataclasses import dataclass, field
 
 from beemeshd.core import routing
@@ -103,22 +102,18 @@ class Decision:
         return out
 
 
-_point = routing.point  # cached: every peer asks who heals each orphaned workload, over every live peer
-
-
 def point_of(key: Key) -> int:
     """Where a workload sits in the XOR space (its holders are the peers nearest to it)."""
-    return _point("/".join(key))
+    return routing.point("/".join(key))
 
 
 def distance(key: Key, peer_id: str) -> int:
-    return _point("/".join(key)) ^ _point(peer_id)
+    return point_of(key) ^ routing.point(peer_id)
 
 
 def holders(key: Key, peers: list[str], k: int) -> list[str]:
     """The k peers that keep a workload's manifest: closest by XOR distance."""
-    at = _point("/".join(key))
-    return heapq.nsmallest(k, set(peers), key=lambda p: at ^ _point(p))
+    return routing.closest(point_of(key), peers, k)
 
 
 @dataclass

@@ -245,8 +245,7 @@ class Membership:
             return
         self._trimmed_at = now
         if sum(m.state != DEAD for m in self.members.values()) >= t.view_max:
-            self.partial = True
-            self.trim(now)
+            self.become_partial(now)
 
     def become_partial(self, now: float) -> bool:
         """A peer whose view is a table says so (the mesh is large): make ours one now rather

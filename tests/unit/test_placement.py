@@ -87,6 +87,16 @@ async def deploy(peer, manifest, **kw):
                                dry_run=False, **kw)
 
 
+async def healed(peer, victim, replicas: int, limit: float) -> None:
+    """Until `peer` sees every replica of "web" ready and none on the victim."""
+    with trio.fail_after(limit):
+        while True:
+            view = peer.w.get("web", None, None)
+            if view["readyReplicas"] == replicas and all(r["peer"] != victim.id for r in view["replicaStatus"]):
+                return
+            await trio.sleep(0.1)
+
+
 async def test_replicas_spread_and_any_peer_answers(net, nursery, autojump_clock):
     a, b, c = await mesh_of(nursery, net, 3)
     [w] = await deploy(a, deployment(replicas=3))
@@ -120,12 +130,7 @@ async def test_dead_peer_replicas_are_placed_again(net, nursery, autojump_clock)
     victim.kill()
     survivors = [p for p in peers if p is not victim]
     t0 = trio.current_time()
-    with trio.fail_after(20):
-        while True:
-            view = a.w.get("web", None, None)
-            if view["readyReplicas"] == 3 and all(r["peer"] != victim.id for r in view["replicaStatus"]):
-                break
-            await trio.sleep(0.1)
+    await healed(a, victim, 3, limit=20)
     assert trio.current_time() - t0 < 5  # dead within ~2 s, placed and running right after
     assert sum(len(p.runtime.pod_names()) for p in survivors) == 3
     history = a.w.explain("web", None)["decisions"]
@@ -153,12 +158,7 @@ async def test_a_heal_that_found_no_taker_is_tried_again(net, nursery, autojump_
         if p is not victim:
             p.placement.bid_gate = busy
     victim.kill()
-    with trio.fail_after(60):
-        while True:
-            view = a.w.get("web", None, None)
-            if view["readyReplicas"] == 2 and all(r["peer"] != victim.id for r in view["replicaStatus"]):
-                break
-            await trio.sleep(0.1)
+    await healed(a, victim, 2, limit=60)
     assert turned_down and trio.current_time() - busy_until < 15
 
 
