@@ -29,7 +29,10 @@
   knows every peer, so before it pushes a workload's news to its holders it looks them up
   (`locate`: a Kademlia lookup, cached LOCATE_TTL); a holder knows its co-holders (they are in
   its neighbourhood) and pins the workload's runners in its view, so it notices their death
-  and heals. A peer the view does not hold is not taken for dead.
+  and heals. A peer the view does not hold is not taken for dead. Anti-entropy there goes to a
+  neighbour (the co-holders are neighbours; a random table peer shares nothing with us), and a
+  peer whose catalog is empty does it IDLE_SYNC times less often (most peers of a large mesh
+  hold nothing; hand-over gives a new holder its workloads).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ PROTO_CATALOG = "/beemesh/catalog/1"
 PROTO_BID = "/beemesh/bid/1"
 PROTO_PUSH = "/beemesh/event/1"
 SYNC_INTERVAL = 3.0
+IDLE_SYNC = 10  # a partial view with an empty catalog: anti-entropy every IDLE_SYNC × SYNC_INTERVAL
 HEAL_INTERVAL = 1.0
 HEAL_SWEEP = 5.0  # without news, a full healing pass this often (it costs O(peers + workloads))
 HEAL_RETRY, HEAL_RETRY_MAX = 2.0, 60.0  # the same failed re-placement is tried again after this (doubling)
@@ -842,7 +846,8 @@ class Placement:
             self._hand_over()
             if self.partial():
                 self.mesh.pin(self._pins())
-            others = [p for p in self.alive() if p != self.peer_id]
+            partial = self.partial()
+            others = self.mesh.neighbours() if partial else [p for p in self.alive() if p != self.peer_id]
             if others:
                 peer = others[int(trio.current_time() * 1000) % len(others)]
                 try:
@@ -853,7 +858,11 @@ class Placement:
                     log.debug("catalog sync with %s failed: %s", peer, exc)
                 except Exception as exc:  # RemoteError and transport errors: try another peer later
                     log.debug("catalog sync with %s failed: %s", peer, exc)
-            await trio.sleep(SYNC_INTERVAL)
+            if partial and not self.catalog.entries:  # but pin the runners as soon as we hold something
+                with trio.move_on_after(SYNC_INTERVAL * IDLE_SYNC):
+                    await self.changed().wait()
+            else:
+                await trio.sleep(SYNC_INTERVAL)
 
     def _digest(self) -> dict:
         return {key_str(k): list(d.order()[:3]) for k, d in self.catalog.entries.items()}

@@ -147,6 +147,9 @@ class Membership:
         self.pins: set[str] = set()
         self._me = routing.point(self_id)
         self._trimmed_at = -math.inf
+        # Peers admits() turned away since the view last lost a live member: the same records
+        # come back in every lookup and sync reply, and the answer cannot change until then.
+        self._refused: set[str] = set()
 
     @property
     def bounded(self) -> bool:
@@ -159,7 +162,7 @@ class Membership:
             return []
         m = self.members.get(peer_id)
         if m is None:
-            if not self._admits(peer_id):
+            if not self.admits(peer_id):
                 return []
             m = self.members[peer_id] = Member(peer_id, now)
             self._grown(now)
@@ -184,7 +187,7 @@ class Membership:
             return False
         m = self.members.get(peer_id)
         if m is None:
-            if not self._admits(peer_id):
+            if not self.admits(peer_id):
                 return False
             m = self.members[peer_id] = Member(peer_id, now)
             self._watch[peer_id] = None  # pending: probed every interval until heard or forgotten
@@ -205,6 +208,7 @@ class Membership:
         if it was alive or suspect, so placement re-places its work."""
         m = self.members.pop(peer_id, None)
         self._watch.pop(peer_id, None)
+        self._lost()
         return [(LEFT, peer_id)] if m is not None and m.state in (ALIVE, SUSPECT) else []
 
     def absent(self, peer_id: str, now: float) -> None:
@@ -220,11 +224,13 @@ class Membership:
 
     TRIM_EVERY = 5.0
 
-    def _admits(self, peer_id: str) -> bool:
+    def admits(self, peer_id: str) -> bool:
         """Whether a peer not in the view may enter it: always in a full view; in a partial one
         if pinned, among the `near` closest, or its bucket has room."""
         if not self.partial or peer_id in self.pins:
             return True
+        if peer_id in self._refused:
+            return False
         p = routing.point(peer_id)
         d, b = self._me ^ p, routing.bucket(self._me, p)
         closer = same = 0
@@ -234,7 +240,18 @@ class Membership:
             q = routing.point(other)
             closer += (self._me ^ q) < d
             same += routing.bucket(self._me, q) == b
-        return closer < self.timings.near or same < self.timings.bucket_size
+        if closer < self.timings.near or same < self.timings.bucket_size:
+            return True
+        if len(self._refused) >= self.REFUSED_MAX:
+            self._refused.clear()
+        self._refused.add(peer_id)
+        return False
+
+    REFUSED_MAX = 4096
+
+    def _lost(self) -> None:
+        """A live or pending member died or left the view: room may have opened for those refused."""
+        self._refused.clear()
 
     def _grown(self, now: float) -> None:
         """After a member was added: become partial once view_max peers are alive or pending
@@ -267,6 +284,7 @@ class Membership:
             del self.members[pid]
             self._watch.pop(pid, None)
         self._trimmed_at = now
+        self._lost()
         return len(gone)
 
     def size_estimate(self) -> float:
@@ -311,7 +329,7 @@ class Membership:
             silent = now - m.last_heard
             if m.state == PENDING:
                 if now - m.first_seen > t.dead_after:
-                    del self.members[pid]
+                    self._unheard(m, now)
                 continue
             if m.state == ALIVE and silent > t.suspect_after:
                 m.state = SUSPECT
@@ -341,7 +359,7 @@ class Membership:
                     m.since += late
             if m.state == PENDING:
                 if now - m.first_seen > t.dead_after:
-                    del self.members[pid], self._watch[pid]
+                    self._unheard(m, now)
                 continue
             if m.state not in (ALIVE, SUSPECT) or m.since is None:
                 del self._watch[pid]
@@ -359,8 +377,20 @@ class Membership:
                 events.append((LEFT, pid))
         return events
 
+    def _unheard(self, m: Member, now: float) -> None:
+        """A pending member never answered: forgotten, unless pinned — then dead, like one that
+        no lookup finds (a runner that died before we first reached it still orphans its work)."""
+        if m.peer_id in self.pins:
+            m.last_heard = now  # (forget_after counts from here, as for `absent`)
+            self._die(m, now)
+        else:
+            del self.members[m.peer_id]
+            self._watch.pop(m.peer_id, None)
+            self._lost()
+
     def _die(self, m: Member, now: float) -> None:
         m.state = DEAD
+        self._lost()
         m.since, m.by_rumour = None, False
         m.next_probe = now + self.timings.redial_min
         m.redial = self.timings.redial_min

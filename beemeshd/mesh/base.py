@@ -93,6 +93,7 @@ DEFAULT_RECORD = {
 
 class MeshBase:
     RECORD_REFRESH = 60.0  # records change rarely; each refresh costs every peer a message
+    PARTIAL_REFRESH = 10  # times RECORD_REFRESH in a partial view (16 syncs each, not one gossip)
     SYNC_INTERVAL = 5.0
     SYNC_BUDGET = proto.MAX_ENVELOPE // 2  # bytes of records in one view-sync reply
     HELLO_LIMIT = 64  # views larger than this learn newcomers from their gossiped record only
@@ -434,7 +435,7 @@ class MeshBase:
                 continue
             if self._nursery is not None:
                 if kind == JOINED:
-                    self._nursery.start_soon(self._sync, peer)
+                    self._nursery.start_soon(self._sync, peer, False)
                     if not self._announced:  # first contact: now gossip can carry our record
                         self._announced = True
                         self._nursery.start_soon(self._announce)
@@ -524,25 +525,32 @@ class MeshBase:
         while True:
             raw = self._seal_record()
             if self.membership.partial:  # the neighbourhood, not the whole mesh
-                for pid in self.membership.closest(routing.point(self.peer_id), self.timings.near):
+                for pid in self.neighbours():
                     self._nursery.start_soon(self._sync, pid)
             else:
                 await self._send_gossip(proto.TOPIC_RECORDS, raw)
             views = len(self.membership.members) / self.HELLO_LIMIT
-            with trio.move_on_after(self.RECORD_REFRESH * max(1.0, views)):
+            period = self.RECORD_REFRESH * max(1.0, views)
+            if self.membership.partial:  # neighbours hear us in our lookups and their view syncs:
+                period *= self.PARTIAL_REFRESH  # a refresh is only a safety net there
+            with trio.move_on_after(period):
                 await self._record_changed.wait()
             self._record_changed = trio.Event()
 
-    async def _sync(self, peer_id: str) -> None:
+    async def _sync(self, peer_id: str, near: bool = True) -> None:
         """Tell a newly alive peer our record; at most every SYNC_INTERVAL also send a digest of
-        our view and take the records we lack (a full exchange per join would cost O(n²))."""
+        our view and take the records we lack (a full exchange per join would cost O(n²)).
+        A partial view asks for the peer's records nearest to us instead, unless `near` is False
+        (a peer just became alive: records are swapped, no more; a newcomer alone would otherwise
+        pull a neighbourhood from every peer of its table)."""
         now, last = self._now(), self._last_full_sync
         full = now - last >= self.SYNC_INTERVAL
-        if self.membership.partial:  # our record, and their peers nearest to us: O(near), always
+        if self.membership.partial:  # our record, and their peers nearest to us: O(near)
             if full:
                 self._last_full_sync = now  # (the anti-entropy round in _tick waits on it)
             full = False
-            payload = proto.sync_payload([self._record_raw], near=routing.point(self.peer_id), partial=True)
+            payload = proto.sync_payload([self._record_raw], near=routing.point(self.peer_id) if near else None,
+                                         partial=True)
         else:
             if full:
                 self._last_full_sync = now
@@ -597,11 +605,14 @@ class MeshBase:
             # a large mesh: find our neighbourhood at once (the table keeps it)
             self._nursery.start_soon(self.lookup, routing.point(self.peer_id), self.timings.near)
         for raw in raws:
-            held = members.get(proto.claimed_sender(raw))
+            claimed = proto.claimed_sender(raw)
+            held = members.get(claimed)
             if (held is not None and held.record_raw == raw) or raw == self._record_raw:
                 if found is not None:  # these exact bytes were verified when we took them
                     found.append(held.peer_id if held is not None else self.peer_id)
                 continue
+            if held is None and found is None and claimed and not self.membership.admits(claimed):
+                continue  # a table with no room for it: not worth a signature check
             try:
                 env = self._decode(raw)
                 if env.topic != proto.TOPIC_RECORDS or env.kind != "pub":
@@ -627,6 +638,10 @@ class MeshBase:
     def size_estimate(self) -> float:
         """How many peers the mesh has, as this view suggests (exact in a full view)."""
         return self.membership.size_estimate()
+
+    def neighbours(self) -> list[str]:
+        """The `near` live peers nearest to this one that the view holds, nearest first."""
+        return self.membership.closest(routing.point(self.peer_id), self.timings.near)
 
     async def lookup(self, target: int, k: int) -> list[str]:
         """The k peers nearest to `target` (a point of the XOR space, core/routing.py) in the
