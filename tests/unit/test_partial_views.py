@@ -4,10 +4,13 @@ stores, reports and heals (placement.py). Pure core first, then FakeMesh peers i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
+import pytest
 import trio
 
+from beemeshd.core import protocol as proto
 from beemeshd.core import routing
 from beemeshd.core.catalog import holders
 from beemeshd.core.membership import ALIVE, DEAD, Membership, Timings
@@ -100,6 +103,50 @@ def test_a_pinned_peer_enters_the_table_is_probed_every_interval_and_one_nobody_
     m.pins = set()
     m.trim(20.0)
     assert outside[0] not in m.members and outside[1] not in m.members
+
+
+@pytest.mark.parametrize("probe_all", [16, 4], ids=["probing-all", "bounded"])
+def test_a_pinned_peer_never_reached_is_dead_not_forgotten(probe_all):
+    """A runner that died before this holder first reached it: its record came in a lookup,
+    no probe was ever answered. Forgotten, the runner would be untracked (not taken for dead)
+    and its replicas would wait for the next lookup; pinned, it is dead here and stays."""
+    m = Membership("me", dataclasses.replace(T, probe_all=probe_all), rng=random.Random(1))
+    for pid in names(100):
+        m.heard(pid, 0.0)
+    assert m.partial and m.bounded == (probe_all == 4)
+    me = routing.point("me")
+    rec = {"addresses": [], "uptimeSeconds": 0.0}
+    runner = next(p for p in names(3000, "far") if routing.bucket(me, routing.point(p)) == 0)
+    nearer = next(p for p in names(4000, "new")
+                  if (me ^ routing.point(p)) < min(me ^ routing.point(q) for q in names(100)))
+    m.pins = {runner}
+    assert m.learned(runner, rec, b"r", 1, 1.0) and m.learned(nearer, rec, b"n", 1, 1.0)
+    assert m.get(runner).state == m.get(nearer).state == "pending"
+    for i in range(1, 13):  # 6 s: twice dead_after, and nobody answers
+        m.tick(1.0 + 0.5 * i)
+        for pid in names(100):
+            m.heard(pid, 1.0 + 0.5 * i)
+    assert m.get(runner).state == DEAD
+    assert nearer not in m.members  # not pinned: forgotten, as before
+    m.trim(8.0)
+    assert m.get(runner).state == DEAD  # kept while pinned
+
+
+def test_a_refused_newcomer_is_admitted_once_its_bucket_loses_a_member():
+    """admits() remembers whom it refused (the same records come back in every reply); the
+    answer must change when room opens."""
+    m = Membership("me", T)
+    for t, pid in enumerate(names(100)):
+        m.heard(pid, float(t))
+    me = routing.point("me")
+    farther = next(p for p in names(4000, "new") if routing.bucket(me, routing.point(p)) == 0)
+    assert not m.admits(farther) and not m.admits(farther)
+    held = [p for p in m.members if routing.bucket(me, routing.point(p)) == 0]
+    assert len(held) >= T.bucket_size
+    for p in held:
+        m.forget(p)
+    assert m.admits(farther)
+    assert m.heard(farther, 200.0) and farther in m.members
 
 
 def test_the_view_holds_everyone_again_when_the_mesh_shrinks():
@@ -226,8 +273,30 @@ async def test_a_newcomer_to_a_large_mesh_makes_its_view_a_table_at_once_and_flo
     assert newcomer.peer_id in next(p for p in peers if p.peer_id == nearest).membership.members
 
 
+async def test_records_a_table_has_no_room_for_are_not_signature_checked(nursery, autojump_clock):
+    """Every lookup and view-sync reply carries ~20 records, most of peers a table refuses:
+    their signatures are not checked (the cost of churn in a large mesh), unless a lookup
+    asked for them (candidates, kept with their addresses)."""
+    t = Timings(0.5, 1.5, 3.0, view_max=24, near=6, bucket_size=3)
+    net, peers = await _mesh(nursery, 60, t)
+    await trio.sleep(8)
+    me = peers[0]
+    assert me.membership.partial
+    outside = [p for p in peers[1:] if p.peer_id not in me.membership.members]
+    refused = [p for p in outside if not me.membership.admits(p.peer_id)]
+    assert len(refused) >= 5
+    payload = proto.sync_payload([p._record_raw for p in refused], partial=True)
+    checked = []
+    decode = me._decode
+    me._decode = lambda raw: checked.append(raw) or decode(raw)
+    me._merge(payload)
+    assert checked == [] and not {p.peer_id for p in refused} & set(me.membership.members)
+    found: list[str] = []
+    me._merge(payload, found)
+    assert len(checked) == len(refused) and set(found) == {p.peer_id for p in refused}
+
+
 def test_a_sync_message_says_partial_only_as_true():
-    import pytest
 
     from beemeshd.core import protocol as proto
 
