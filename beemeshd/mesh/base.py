@@ -636,8 +636,12 @@ class MeshBase:
     # --- partial views: lookups and pins (see the module docstring) ----------------------------
 
     def size_estimate(self) -> float:
-        """How many peers the mesh has, as this view suggests (exact in a full view)."""
-        return self.membership.size_estimate()
+        """How many peers the mesh has, as this view suggests (exact in a full view). A table
+        means at least view_max / 2 (below that it would hold everyone again): a newcomer's
+        table, still nearly empty, must not make it treat a large mesh as a small one (and
+        broadcast what a large mesh sends to holders only)."""
+        m = self.membership
+        return max(m.size_estimate(), m.timings.view_max / 2) if m.partial else m.size_estimate()
 
     def neighbours(self) -> list[str]:
         """The `near` live peers nearest to this one that the view holds, nearest first."""

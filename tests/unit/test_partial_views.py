@@ -149,6 +149,20 @@ def test_a_refused_newcomer_is_admitted_once_its_bucket_loses_a_member():
     assert m.heard(farther, 200.0) and farther in m.members
 
 
+def test_a_table_says_the_mesh_is_large_even_while_nearly_empty():
+    """A newcomer told by its bootstrap peer that the mesh is large makes its view a table with
+    a few far peers in it: their density suggests a small mesh. Placement would then gossip a
+    workload's news to everyone (a small mesh's way) instead of sending it to the holders."""
+    mesh = FakeMesh(FakeNetwork(seed=1), random.Random(7).randbytes(32), timings=T)
+    me = routing.point(mesh.peer_id)
+    for pid in [p for p in names(400) if routing.bucket(me, routing.point(p)) <= 1][:3]:
+        mesh.membership.heard(pid, 0.0)
+    assert mesh.size_estimate() == 4.0  # a full view: exact
+    assert mesh.membership.become_partial(0.0)
+    assert mesh.membership.size_estimate() < T.view_max / 2  # the density of three far peers
+    assert mesh.size_estimate() >= T.view_max / 2  # but a table means at least this many
+
+
 def test_the_view_holds_everyone_again_when_the_mesh_shrinks():
     m = Membership("me", T)
     for pid in names(60):
