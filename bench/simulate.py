@@ -881,7 +881,9 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
                     f"{c['replicas_lost_with_a_peer']} replicas lost with their peer ran again elsewhere after "
                     f"p50 {c['rerun_s_p50']:g} s / p99 {c['rerun_s_p99']:g} s; {c['replicas_running']} of "
                     f"{c['replicas_wanted']} replicas running, {c['workloads_not_whole']} workloads short, "
-                    f"{c['duplicates']} duplicates, {c['catalogs_disagreeing']} workloads whose holders disagree", "—", "—",
+                    f"{c['duplicates']} duplicates, {c['catalogs_disagreeing']} workloads whose holders disagree; "
+                    f"{c['cpu_s']:,.0f} CPU-s for {c['sim_s']:g} simulated s with the settling (whole mesh, one core)",
+                    "—", "—",
                     "healed, none lost: met" if c["replicas_running"] == c["replicas_wanted"] and not c["duplicates"]
                     else "**missed**"))
     for n in whole:
