@@ -844,9 +844,9 @@ class Placement:
     async def _sync_loop(self) -> None:
         while True:
             self._hand_over()
-            if self.partial():
-                self.mesh.pin(self._pins())
             partial = self.partial()
+            if partial:
+                self.mesh.pin(self._pins())
             others = self.mesh.neighbours() if partial else [p for p in self.alive() if p != self.peer_id]
             if others:
                 peer = others[int(trio.current_time() * 1000) % len(others)]
