@@ -5,7 +5,7 @@ States of a peer as seen from here:
     pending ──heard──▶ alive ──silent > suspect_after──▶ suspect ──silent > dead_after──▶ dead
        │                 ▲                                  │                               │
        └─silent > dead_after: forgotten (never listed)      └──────────heard───────────────┘
-                                                              (PeerJoined again)
+         — or dead, if pinned (a partial view)                (PeerJoined again)
 
 "Heard" is direct evidence: a probe answered over an authenticated connection, or a fresh,
 verified message signed by that peer. A record relayed by a third peer (view sync) is not
