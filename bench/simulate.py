@@ -876,8 +876,8 @@ def rows(path: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
         if "churn" not in r:
             continue
         c = r["churn"]
-        out.append((f"Churn, {n:,} peers: {c['left'] // max(1, int(c['minutes']))} leave and as many join "
-                    f"every simulated minute, {c['minutes']:g} minutes",
+        out.append((f"Churn, {n:,} peers: {c['left'] // max(1, int(c['minutes'])):,} leave and as many join "
+                    f"every simulated minute, {c['minutes']:g} minute{'s' if c['minutes'] != 1 else ''}",
                     f"{c['replicas_lost_with_a_peer']} replicas lost with their peer ran again elsewhere after "
                     f"p50 {c['rerun_s_p50']:g} s / p99 {c['rerun_s_p99']:g} s; {c['replicas_running']} of "
                     f"{c['replicas_wanted']} replicas running, {c['workloads_not_whole']} workloads short, "
