@@ -284,7 +284,8 @@ class Stateful:
                 size = self.settings.group_size
                 # a founder founds even if no longer among the desired peers (bid order and distance
                 # differ in larger meshes): without it the founders' group has no majority
-                if (self.peer_id in desired_peers(d, alive, size) or self.guard.has_pods(key)
+                if (self.peer_id in desired_peers(d, await self._candidates(key, alive), size)
+                        or self.guard.has_pods(key)
                         or (creating(d) and self.peer_id in founders(d, size) and group_id(d) not in self.used)):
                     self._joining.add(key)
                     self._nursery.start_soon(self._found_or_join, d)
@@ -445,12 +446,20 @@ class Stateful:
         finally:
             m.changing = False
 
+    async def _candidates(self, key: Key, alive: list[str]) -> list[str]:
+        """The peers a group's desired members are drawn from (nearest to the key first): the alive
+        ones in a full view; in a partial one the key's nearest peers as looked up, since tables
+        differ from peer to peer and one lacking the nearer peers took itself for a member."""
+        if not self.placement.partial():
+            return alive
+        return await self.placement.locate(key)
+
     async def _change_members(self, m: Member, d: Decision, alive: list[str]) -> bool:
         """At most one membership change (beemeshd/core/groups.py decides); True if one was made."""
         g, size = m.group, self.settings.group_size
         table = m.machine.table()
         holders = {lease.holder for _, lease in table.items() if lease.holder not in (None, L.UNKNOWN)}
-        keep = set(desired_peers(d, alive, size)) | holders
+        keep = set(desired_peers(d, await self._candidates(d.key, alive), size)) | holders
         now = self.grantor_clock()
         joins = {p: n for p, (n, t) in self.joins.get(m.gid, {}).items() if now - t < JOIN_TTL}
         change = next_change(g.members, m.node_id, keep, joins, set(alive), size)

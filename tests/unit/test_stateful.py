@@ -5,6 +5,7 @@ holder's ordinal moves after the lease wait with a higher token, a partitioned h
 from __future__ import annotations
 
 import dataclasses
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -657,3 +658,42 @@ async def test_a_cut_off_holder_that_does_not_stop_by_itself_makes_the_checker_f
     live = [p for p in peers if p not in (holder, dead)]
     await until(lambda: any(pod in p.runtime.pod_names() for p in live), timeout=120)
     assert "overlap" in [v.kind for v in check(history)]
+
+
+async def test_a_statefulset_in_partial_views_forms_its_group_and_moves_a_dead_holders_ordinal(
+        nursery, tmp_path, autojump_clock):
+    """30 peers whose views are Kademlia tables of ~9 (beemeshd/core/routing.py): the group is
+    founded among peers that do not all know each other, elects, grants leases, and when the
+    holder of db-0 dies its ordinal runs elsewhere under a higher token; the checker finds no
+    two copies."""
+    history = []
+    net = FakeNetwork(latency=0.002, seed=3)
+    t = Timings(0.5, 1.0, 2.0, view_max=10, near=3, bucket_size=2)
+    rng = random.Random(3)
+    peers = []
+    for i in range(30):
+        p = Peer(net, tmp_path, history, bootstrap=[rng.choice(peers).id] if peers else [])
+        p.mesh.timings = p.mesh.membership.timings = t
+        peers.append(p)
+        await nursery.start(p.run)
+        await trio.sleep(0.05)
+    await trio.sleep(15)
+    assert all(p.mesh.membership.partial for p in peers)
+    assert max(len(p.mesh.membership.members) for p in peers) <= 12  # of 29
+    key = ("default", "StatefulSet", "db")
+    [w] = await peers[5].w.deploy(manifest=statefulset(), yaml=None, namespace=None, wait=True, timeout=60,
+                                  dry_run=False)
+    assert w["readyReplicas"] == 2
+    await until(lambda: sum(key in p.st.members for p in peers) == SETTINGS.group_size)
+    members = [p for p in peers if key in p.st.members]
+    assert any(not {m.id for m in members} - {p.id} <= set(p.mesh.membership.members) for p in peers)
+    await until(lambda: len({p.st.group_of(key)["leader"] for p in members} - {None}) == 1)
+    pod = render.pod_name("default", "db-0")
+    [holder] = running(peers, pod)
+    token = holder.runtime.tokens[pod]
+    nursery.start_soon(holder.watchdog)
+    holder.kill()
+    await until(lambda: [p for p in running(peers, pod) if p is not holder], 90)
+    [now] = [p for p in running(peers, pod) if p is not holder]
+    assert now.runtime.tokens[pod] > token
+    assert check(history) == []
