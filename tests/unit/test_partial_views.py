@@ -192,6 +192,20 @@ async def _mesh(nursery, n: int, timings: Timings, seed: int = 5) -> tuple[FakeN
     return net, peers
 
 
+async def grow(nursery, make, n: int, timings: Timings, seed: int = 3) -> list:
+    """n peers made by make(bootstrap) and started one after another, each bootstrapping off a
+    random earlier one, with `timings` (their views become tables beyond timings.view_max)."""
+    rng = random.Random(seed)
+    peers: list = []
+    for _ in range(n):
+        p = make([rng.choice(peers).id] if peers else [])
+        p.mesh.timings = p.mesh.membership.timings = timings
+        peers.append(p)
+        await nursery.start(p.run)
+        await trio.sleep(0.05)
+    return peers
+
+
 async def test_lookups_find_the_nearest_peers_that_no_view_holds(nursery, autojump_clock):
     t = Timings(0.5, 1.5, 3.0, view_max=24, near=6, bucket_size=3)
     net, peers = await _mesh(nursery, 150, t)
@@ -216,17 +230,7 @@ async def test_a_partial_view_mesh_stores_reports_and_heals(nursery, autojump_cl
     the replica."""
     net = FakeNetwork(latency=0.002, seed=4)
     t = Timings(0.5, 1.0, 2.0, view_max=12, near=4, bucket_size=2)
-    first = Peer(net, broadcast_max=8)
-    first.mesh.timings = first.mesh.membership.timings = t
-    peers = [first]
-    await nursery.start(first.run)
-    rng = random.Random(3)
-    for _ in range(39):
-        p = Peer(net, bootstrap=[rng.choice(peers).id], broadcast_max=8)
-        p.mesh.timings = p.mesh.membership.timings = t
-        peers.append(p)
-        await nursery.start(p.run)
-        await trio.sleep(0.05)
+    peers = await grow(nursery, lambda boot: Peer(net, bootstrap=boot, broadcast_max=8), 40, t)
     await trio.sleep(15)
     assert all(p.mesh.membership.partial for p in peers)
     assert sum(len(p.mesh.membership.members) for p in peers) / len(peers) < 15  # of 39

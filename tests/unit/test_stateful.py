@@ -5,7 +5,6 @@ holder's ordinal moves after the lease wait with a higher token, a partitioned h
 from __future__ import annotations
 
 import dataclasses
-import random
 from types import SimpleNamespace
 
 import pytest
@@ -29,6 +28,7 @@ from beemeshd.runtime.fake import FakeRuntime
 from beemeshd.stateful import PROTO_RAFT_JOIN, Settings, Stateful
 from beemeshd.stateful_files import StatefulFiles
 from beemeshd.stateful_views import ASK_TIMEOUT, SHOW_FOR
+from tests.unit.test_partial_views import grow
 
 IMAGE = "localhost/beemesh-busybox:latest"
 GI = 1 << 30
@@ -669,14 +669,7 @@ async def test_a_statefulset_in_partial_views_forms_its_group_and_moves_a_dead_h
     history = []
     net = FakeNetwork(latency=0.002, seed=3)
     t = Timings(0.5, 1.0, 2.0, view_max=10, near=3, bucket_size=2)
-    rng = random.Random(3)
-    peers = []
-    for i in range(30):
-        p = Peer(net, tmp_path, history, bootstrap=[rng.choice(peers).id] if peers else [])
-        p.mesh.timings = p.mesh.membership.timings = t
-        peers.append(p)
-        await nursery.start(p.run)
-        await trio.sleep(0.05)
+    peers = await grow(nursery, lambda boot: Peer(net, tmp_path, history, bootstrap=boot), 30, t)
     await trio.sleep(15)
     assert all(p.mesh.membership.partial for p in peers)
     assert max(len(p.mesh.membership.members) for p in peers) <= 12  # of 29
