@@ -213,23 +213,39 @@ class Placement:
             hs = holders(key, self.healthy(), self.catalog.k)
             found = self._located.get(key)
             if found is not None and found[0] > trio.current_time():  # a partial view: looked up
-                ok = set(self.healthy())
-                hs = [p for p in found[1] if p in ok or self.mesh.peer_state(p) is None] or hs
+                hs = self._not_down(found[1])[:self.catalog.k] or hs
             self._holders[key] = hs
         return hs
+
+    def _not_down(self, peers: list[str]) -> list[str]:
+        """Looked-up peers, less those this view holds as down (one it does not hold may be up)."""
+        ok = set(self.healthy())
+        return [p for p in peers if p in ok or self.mesh.peer_state(p) is None]
 
     async def locate(self, key: Key) -> list[str]:
         """The workload's holders, looked up across the mesh when this peer's view is partial
         (cached LOCATE_TTL); holders_of otherwise."""
+        await self._look_up(key, self.catalog.k)
+        return self.holders_of(key)
+
+    async def nearest(self, key: Key, k: int) -> list[str]:
+        """The k healthy peers nearest to the workload's point (e.g. a StatefulSet's group, which
+        may be larger than its holders); in a partial view looked up (sharing locate's cache),
+        less those known to be down."""
+        if not self.partial():
+            return holders(key, self.healthy(), k)
+        await self._look_up(key, k)
+        return self._not_down(self._located[key][1])[:k]
+
+    async def _look_up(self, key: Key, k: int) -> None:
         now = trio.current_time()
         found = self._located.get(key)
-        if self.partial() and (found is None or found[0] <= now):
-            hs = await self.mesh.lookup(point_of(key), self.catalog.k)
+        if self.partial() and (found is None or found[0] <= now or len(found[1]) < k):
+            hs = await self.mesh.lookup(point_of(key), max(k, self.catalog.k))
             if len(self._located) > 4096:
                 self._located.clear()
             self._located[key] = (now + LOCATE_TTL, hs)
             self._holders.pop(key, None)
-        return self.holders_of(key)
 
     def _pins(self) -> set[str]:
         """Peers a partial view must keep watching: the runners of the workloads this peer holds

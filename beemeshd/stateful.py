@@ -452,7 +452,7 @@ class Stateful:
         differ from peer to peer and one lacking the nearer peers took itself for a member."""
         if not self.placement.partial():
             return alive
-        return await self.placement.locate(key)
+        return await self.placement.nearest(key, self.settings.group_size)
 
     async def _change_members(self, m: Member, d: Decision, alive: list[str]) -> bool:
         """At most one membership change (beemeshd/core/groups.py decides); True if one was made."""

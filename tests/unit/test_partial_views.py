@@ -12,7 +12,7 @@ import trio
 
 from beemeshd.core import protocol as proto
 from beemeshd.core import routing
-from beemeshd.core.catalog import holders
+from beemeshd.core.catalog import holders, point_of
 from beemeshd.core.membership import ALIVE, DEAD, Membership, Timings
 from beemeshd.mesh.fake import FakeMesh, FakeNetwork
 from tests.unit.test_placement import Peer, deploy, deployment
@@ -264,6 +264,24 @@ async def test_a_partial_view_mesh_stores_reports_and_heals(nursery, autojump_cl
                 break
             await trio.sleep(0.5)
     assert cur.reason == "heal" and len(set(placed)) == 3
+
+
+async def test_a_workloads_nearest_peers_beyond_its_holders_are_looked_up(nursery, autojump_clock):
+    """A StatefulSet's group (consensus_group_size) may be larger than its holders (3): its
+    members are the k nearest peers to its point in the whole mesh, not in this peer's table."""
+    net = FakeNetwork(latency=0.002, seed=4)
+    t = Timings(0.5, 1.0, 2.0, view_max=12, near=4, bucket_size=2)
+    peers = await grow(nursery, lambda boot: Peer(net, bootstrap=boot, broadcast_max=8), 40, t)
+    await trio.sleep(15)
+    ids = [p.id for p in peers]
+    key = ("default", "StatefulSet", "db")
+    truth = routing.closest(point_of(key), ids, 5)
+    wrong = 0
+    for p in peers[::4]:
+        wrong += routing.closest(point_of(key), [p.id, *p.mesh.membership.closest(point_of(key), 5)], 5) != truth
+        assert await p.placement.nearest(key, 5) == truth
+        assert await p.placement.locate(key) == truth[:3]  # the holders: the first 3 of them
+    assert wrong >= 3  # the tables alone would have got these wrong
 
 
 async def test_a_newcomer_to_a_large_mesh_makes_its_view_a_table_at_once_and_floods_nothing(nursery, autojump_clock):
